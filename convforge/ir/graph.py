@@ -1,0 +1,323 @@
+"""The graph IR: a topologically ordered list of nodes in SSA form.
+
+A :class:`Graph` owns its input :class:`Value` s and its :class:`Node` s; each node owns
+its output values. Values keep their users up to date, so a rewrite is
+``replace_all_uses_with`` followed by ``erase``::
+
+    g = Graph("tiny")
+    x = g.add_input("x", TensorType("f32", ("N", 4)))
+    y = g.call("relu", x)
+    g.set_outputs([y])
+    print(g)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from convforge.errors import ConvforgeError, VerificationError
+from convforge.ir.types import TensorType
+
+AttrValue = Any  # int | float | bool | str | None | tuple of those
+
+
+class Attrs(Mapping[str, AttrValue]):
+    """Frozen, ordered, hashable node attributes; lists become tuples."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, AttrValue] | None = None) -> None:
+        self._items = tuple((k, _freeze(v)) for k, v in (items or {}).items())
+
+    def __getitem__(self, key: str) -> AttrValue:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Attrs):
+            return self._items == other._items
+        if isinstance(other, Mapping):
+            return dict(self._items) == {k: _freeze(v) for k, v in other.items()}
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Attrs({dict(self._items)!r})"
+
+    def replace(self, **changes: AttrValue) -> Attrs:
+        merged = dict(self._items)
+        merged.update(changes)
+        return Attrs(merged)
+
+
+def _freeze(value: AttrValue) -> AttrValue:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # NumPy scalars
+        return value.item()
+    return value
+
+
+class Value:
+    """An SSA value: the output of one node, or a graph input."""
+
+    __slots__ = ("name", "type", "producer", "index", "users")
+
+    def __init__(self, name: str, type: TensorType, producer: Node | None = None, index: int = 0):
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.index = index
+        self.users: list[Node] = []
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+    @property
+    def shape(self) -> tuple:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+
+class Node:
+    """One operation: ``outputs = op(inputs) {attrs}``, with ``meta`` about where it came from.
+
+    ``region`` is set on ``fusion`` nodes: the chain of ops the node fuses.
+    """
+
+    __slots__ = ("op", "inputs", "outputs", "attrs", "meta", "region", "graph")
+
+    def __init__(self, op: str, attrs: Attrs, meta: dict[str, Any] | None = None):
+        self.op = op
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.attrs = attrs
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.region: Graph | None = None
+        self.graph: Graph | None = None
+
+    @property
+    def output(self) -> Value:
+        if len(self.outputs) != 1:
+            raise VerificationError(f"{self.describe()} has {len(self.outputs)} outputs, not 1")
+        return self.outputs[0]
+
+    def describe(self) -> str:
+        """``%4 = conv2d (features.3 (Conv2d))``: how errors name a node."""
+        names = ", ".join(f"%{v.name}" for v in self.outputs) or "<no outputs>"
+        where = self.meta.get("layer")
+        return f"{names} = {self.op}" + (f" ({where})" if where else "")
+
+    def set_input(self, i: int, value: Value) -> None:
+        old = self.inputs[i]
+        self.inputs[i] = value
+        if self not in value.users:
+            value.users.append(self)
+        if old not in self.inputs and self in old.users:
+            old.users.remove(self)
+
+    def __repr__(self) -> str:
+        return f"<Node {self.describe()}>"
+
+
+class Graph:
+    """A named, topologically ordered SSA graph with typed inputs and outputs."""
+
+    def __init__(self, name: str = "main"):
+        self.name = name
+        self.inputs: list[Value] = []
+        self.nodes: list[Node] = []
+        self.outputs: list[Value] = []
+        self._names: set[str] = set()
+        self._counter = 0
+        self._insert_at: int | None = None
+        self._default_meta: dict[str, Any] = {}
+
+    # -- building ---------------------------------------------------------------------
+    def add_input(self, name: str, type: TensorType) -> Value:
+        if name in self._names:
+            raise VerificationError(f"graph @{self.name} already has a value named %{name}")
+        value = Value(name, type)
+        self._names.add(name)
+        self.inputs.append(value)
+        return value
+
+    def fresh_name(self, hint: str | None = None) -> str:
+        if hint is not None and hint not in self._names:
+            return hint
+        while True:
+            self._counter += 1
+            name = str(self._counter) if hint is None else f"{hint}.{self._counter}"
+            if name not in self._names:
+                return name
+
+    def create_node(
+        self,
+        op: str,
+        inputs: Sequence[Value],
+        attrs: Mapping[str, AttrValue] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        output_types: Sequence[TensorType] | None = None,
+        region: Graph | None = None,
+    ) -> Node:
+        """Insert ``op(inputs) {attrs}``; attributes are normalised and types inferred by the op."""
+        from convforge.ir.ops import registry
+
+        opdef = registry.get(op) if op != "fusion" else None
+        merged_meta = {**self._default_meta, **(meta or {})}
+        node = Node(op, Attrs(attrs), merged_meta)
+        if opdef is not None:
+            node.attrs = opdef.normalize(node.attrs, where=_where(node, merged_meta))
+        if output_types is None:
+            if opdef is None:
+                raise VerificationError("a fusion node needs explicit output types")
+            output_types = opdef.infer_types([v.type for v in inputs], node.attrs, where=_where(node, merged_meta))
+        base = self.fresh_name(name)
+        self._names.add(base)
+        node.inputs = list(inputs)
+        suffixes = opdef.output_names if opdef is not None else ()
+        for i, t in enumerate(output_types):
+            suffix = suffixes[i] if i < len(suffixes) else f"out{i}"
+            out_name = base if i == 0 else self.fresh_name(f"{base}.{suffix}")
+            self._names.add(out_name)
+            node.outputs.append(Value(out_name, t, node, i))
+        for v in inputs:
+            if node not in v.users:
+                v.users.append(node)
+        node.region = region
+        node.graph = self
+        if self._insert_at is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(self._insert_at, node)
+            self._insert_at += 1
+        return node
+
+    def call(self, op: str, *inputs: Value, meta: Mapping[str, Any] | None = None, **attrs: AttrValue):
+        """Emit ``op`` and return its output value (a tuple for multi-output ops)."""
+        node = self.create_node(op, inputs, attrs, meta)
+        return node.outputs[0] if len(node.outputs) == 1 else tuple(node.outputs)
+
+    def set_outputs(self, outputs: Sequence[Value]) -> None:
+        self.outputs = list(outputs)
+
+    @contextlib.contextmanager
+    def inserting_before(self, node: Node) -> Iterator[None]:
+        """New nodes go before ``node`` instead of at the end."""
+        saved = self._insert_at
+        self._insert_at = self.nodes.index(node)
+        try:
+            yield
+        finally:
+            self._insert_at = saved
+
+    @contextlib.contextmanager
+    def meta_scope(self, **meta: Any) -> Iterator[None]:
+        """Nodes created inside get ``meta`` by default (autodiff marks backward nodes)."""
+        saved = self._default_meta
+        self._default_meta = {**saved, **meta}
+        try:
+            yield
+        finally:
+            self._default_meta = saved
+
+    # -- rewriting --------------------------------------------------------------------
+    def replace_all_uses_with(self, old: Value, new: Value) -> None:
+        for user in list(old.users):
+            user.inputs = [new if v is old else v for v in user.inputs]
+            if user not in new.users:
+                new.users.append(user)
+        old.users.clear()
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def erase(self, node: Node) -> None:
+        """Remove a node whose outputs have no users left."""
+        for out in node.outputs:
+            if out.users or out in self.outputs:
+                raise VerificationError(f"cannot erase {node.describe()}: %{out.name} is still used")
+        for v in node.inputs:
+            if node in v.users:
+                v.users.remove(node)
+        self.nodes.remove(node)
+        for out in node.outputs:
+            self._names.discard(out.name)
+        node.graph = None
+
+    def remove_input(self, value: Value) -> None:
+        if value.users or value in self.outputs:
+            raise VerificationError(f"cannot remove input %{value.name}: it is still used")
+        self.inputs.remove(value)
+        self._names.discard(value.name)
+
+    # -- queries ----------------------------------------------------------------------
+    def values(self) -> Iterator[Value]:
+        yield from self.inputs
+        for node in self.nodes:
+            yield from node.outputs
+
+    def value(self, name: str) -> Value:
+        for v in self.values():
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def input(self, name: str) -> Value:
+        for v in self.inputs:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def verify(self) -> None:
+        from convforge.ir.verify import verify
+
+        verify(self)
+
+    def copy(self) -> Graph:
+        """A deep copy (values and nodes are new objects, names are kept)."""
+        from convforge.ir.parser import parse
+        from convforge.ir.printer import print_graph
+
+        clone = parse(print_graph(self))
+        for old, new in zip(self.nodes, clone.nodes):
+            new.meta = dict(old.meta)
+        return clone
+
+    def __str__(self) -> str:
+        from convforge.ir.printer import print_graph
+
+        return print_graph(self)
+
+    def __repr__(self) -> str:
+        return f"<Graph @{self.name}: {len(self.inputs)} inputs, {len(self.nodes)} nodes>"
+
+
+def _where(node: Node, meta: Mapping[str, Any]) -> str:
+    layer = meta.get("layer")
+    return f"{layer}: {node.op}" if layer else node.op
+
+
+def wrap_error(exc: ConvforgeError, where: str) -> ConvforgeError:
+    """Prefix an error's message with where it happened, keeping its class."""
+    msg = str(exc)
+    if msg.startswith(where):
+        return exc
+    new = type(exc)(f"{where}: {msg}")
+    new.__cause__ = exc
+    return new

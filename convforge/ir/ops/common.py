@@ -1,0 +1,73 @@
+"""Checks shared by the op families' attribute and shape rules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from convforge.errors import AttributeValueError, DTypeError, ShapeError
+from convforge.ir.types import BATCH, Dim, TensorType
+
+
+def expect_rank(t: TensorType, rank: int | Sequence[int], what: str = "input") -> None:
+    ranks = (rank,) if isinstance(rank, int) else tuple(rank)
+    if t.rank not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ShapeError(f"expected {what} of rank {want}, got rank {t.rank} ({t})")
+
+
+def expect_float(t: TensorType, what: str = "input") -> None:
+    if not t.is_float:
+        raise DTypeError(f"expected {what} of a float dtype (f32 or f64), got {t}")
+
+
+def expect_same_dtype(*types: TensorType) -> str:
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) != 1:
+        raise DTypeError(f"expected inputs of one dtype, got {', '.join(map(str, types))}")
+    return types[0].dtype
+
+
+def expect_same_shape(a: TensorType, b: TensorType, what: str = "inputs") -> None:
+    if a.shape != b.shape:
+        raise ShapeError(f"expected {what} of the same shape, got {a} and {b}")
+
+
+def int_tuple(name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...]:
+    """``value`` as ``n`` ints >= ``minimum`` (an int is repeated); names ``name`` on error."""
+    if isinstance(value, bool):
+        raise AttributeValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if isinstance(value, int):
+        items: tuple = (value,) * n
+    elif isinstance(value, (tuple, list)) and len(value) == n:
+        items = tuple(value)
+    else:
+        raise AttributeValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise AttributeValueError(f"{name} must be ints, got {value!r}")
+        if v < minimum:
+            raise AttributeValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def window_out(size: Dim, kernel: int, stride: int, pad_lo: int, pad_hi: int, dilation: int = 1,
+               ceil_mode: bool = False, what: str = "input") -> int:
+    """Output length of a sliding window, floored as PyTorch does (ceil with ``ceil_mode``)."""
+    if size == BATCH:
+        raise ShapeError("a spatial dimension cannot be the batch symbol N")
+    assert isinstance(size, int)
+    span = dilation * (kernel - 1) + 1
+    padded = size + pad_lo + pad_hi
+    if padded < span:
+        raise ShapeError(
+            f"{what} size {size} with padding ({pad_lo}, {pad_hi}) is smaller than the "
+            f"(dilated) kernel extent {span}"
+        )
+    if ceil_mode:
+        out = -(-(padded - span) // stride) + 1
+        # PyTorch: the last window must start inside the input or the left padding
+        if (out - 1) * stride >= size + pad_lo:
+            out -= 1
+        return out
+    return (padded - span) // stride + 1

@@ -1,0 +1,178 @@
+"""The op registry: one :class:`Op` per IR op, declared in its family's file.
+
+An op family file says everything about what an op *means*::
+
+    relu = Op("relu", fusion=FusionKind.ELEMENTWISE)
+
+    @relu.shape
+    def _(x: TensorType) -> TensorType:
+        return x
+
+    @relu.reference
+    def _(x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0)
+
+    @relu.vjp
+    def _(g: Graph, node: Node, gy: Value) -> tuple[Value | None, ...]:
+        return (g.call("relu_backward", gy, node.output),)
+
+Backends say how to *run* it, in files that mirror the family files.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from convforge.errors import AttributeValueError, ConvforgeError, UnknownOpError
+from convforge.ir.types import TensorType
+
+
+class FusionKind(enum.Enum):
+    """How an op may take part in fusion (TVM's op patterns)."""
+
+    ELEMENTWISE = "elementwise"  # out[i] = f(in[i]): relu, sigmoid, add
+    BROADCAST = "broadcast"  # elementwise with a per-channel operand: bias, BN affine
+    INJECTIVE = "injective"  # a relayout: reshape, flatten, concat
+    REDUCE = "reduce"  # a reduction: sum, losses
+    POOL = "pool"  # a windowed reduction that can close a fused conv chain
+    OUT_FUSABLE = "out-fusable"  # conv, linear: an elementwise epilogue fuses onto the output
+    OPAQUE = "opaque"  # never fused
+
+
+ShapeFn = Callable[..., "TensorType | tuple[TensorType, ...]"]
+ReferenceFn = Callable[..., "np.ndarray | tuple[np.ndarray, ...]"]
+VjpFn = Callable[..., "Sequence[Any]"]
+
+
+class Op:
+    """Everything an op means: attributes, shape/dtype rule, NumPy reference, VJP."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        fusion: FusionKind = FusionKind.OPAQUE,
+        outputs: Sequence[str] = ("",),
+        attrs: Mapping[str, Any] | None = None,
+        doc: str = "",
+    ):
+        self.name = name
+        self.fusion = fusion
+        #: names of extra outputs: output i > 0 of node %3 is called %3.<outputs[i]>
+        self.output_names = tuple(outputs)
+        #: attribute defaults; an attribute not listed here is rejected
+        self.defaults = dict(attrs or {})
+        self.doc = doc
+        self._shape: ShapeFn | None = None
+        self._reference: ReferenceFn | None = None
+        self._vjp: VjpFn | None = None
+        self._check: Callable[..., dict | None] | None = None
+        register(self)
+
+    # -- declaration decorators ----------------------------------------------------------
+    def shape(self, fn: ShapeFn) -> ShapeFn:
+        """``fn(*input_types, **attrs) -> TensorType | tuple``; raises ShapeError/DTypeError."""
+        self._shape = fn
+        return fn
+
+    def reference(self, fn: ReferenceFn) -> ReferenceFn:
+        """``fn(*arrays, **attrs) -> ndarray | tuple``: the NumPy meaning of the op."""
+        self._reference = fn
+        return fn
+
+    def vjp(self, fn: VjpFn) -> VjpFn:
+        """``fn(graph, node, *output_grads) -> one Value | None per input``, emitted as IR."""
+        self._vjp = fn
+        return fn
+
+    def check(self, fn: Callable[..., dict | None]) -> Callable[..., dict | None]:
+        """``fn(**attrs) -> dict | None``: validate attributes, optionally canonicalise them."""
+        self._check = fn
+        return fn
+
+    # -- use ---------------------------------------------------------------------------
+    @property
+    def has_vjp(self) -> bool:
+        return self._vjp is not None
+
+    def normalize(self, attrs: Mapping[str, Any], where: str | None = None):
+        """Fill defaults, reject unknown attributes, run the op's check."""
+        from convforge.ir.graph import Attrs, wrap_error
+
+        where = where or self.name
+        unknown = sorted(set(attrs) - set(self.defaults))
+        if unknown:
+            raise AttributeValueError(
+                f"{where}: unknown attribute(s) {', '.join(unknown)}; "
+                f"{self.name} takes {', '.join(self.defaults) or 'no attributes'}"
+            )
+        full = {**self.defaults, **attrs}
+        if self._check is not None:
+            try:
+                changed = self._check(**full)
+            except ConvforgeError as exc:
+                raise wrap_error(exc, where) from None
+            if changed:
+                full.update(changed)
+        return Attrs(full)
+
+    def infer_types(self, inputs: Sequence[TensorType], attrs: Mapping[str, Any], where: str | None = None):
+        from convforge.ir.graph import wrap_error
+
+        if self._shape is None:
+            raise UnknownOpError(f"op {self.name} has no shape rule")
+        try:
+            out = self._shape(*inputs, **attrs)
+        except ConvforgeError as exc:
+            raise wrap_error(exc, where or self.name) from None
+        except TypeError as exc:  # wrong number of inputs
+            raise ConvforgeError(
+                f"{where or self.name}: wrong inputs for {self.name} "
+                f"(given {len(inputs)}: {', '.join(map(str, inputs))}): {exc}"
+            ) from None
+        return tuple(out) if isinstance(out, tuple) else (out,)
+
+    def run_reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+        if self._reference is None:
+            raise UnknownOpError(f"op {self.name} has no NumPy reference")
+        out = self._reference(*inputs, **attrs)
+        return tuple(out) if isinstance(out, tuple) else (out,)
+
+    def run_vjp(self, graph: Any, node: Any, grads: Sequence[Any]) -> tuple[Any, ...]:
+        if self._vjp is None:
+            raise UnknownOpError(f"op {self.name} has no gradient rule (at {node.describe()})")
+        return tuple(self._vjp(graph, node, *grads))
+
+    def __repr__(self) -> str:
+        return f"<Op {self.name}>"
+
+
+_OPS: dict[str, Op] = {}
+
+
+def register(op: Op) -> None:
+    if op.name in _OPS:
+        raise ValueError(f"op {op.name} registered twice")
+    _OPS[op.name] = op
+
+
+def get(name: str) -> Op:
+    """The op called ``name``; raises UnknownOpError naming the known ops otherwise."""
+    _load_families()
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise UnknownOpError(f"unknown op {name!r}; known ops: {', '.join(sorted(_OPS))}") from None
+
+
+def all_ops() -> dict[str, Op]:
+    _load_families()
+    return dict(_OPS)
+
+
+def _load_families() -> None:
+    import convforge.ir.ops  # noqa: F401  (imports every family file, which registers its ops)
