@@ -1,6 +1,38 @@
-"""convforge: a compiler for convolutional neural networks."""
+"""convforge: a compiler for convolutional neural networks.
 
+    import convforge as cf
+    from convforge import nn, optim
+    net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="numba-cpu")
+"""
+
+import sys as _sys
+
+from convforge import data
 from convforge.errors import ConvforgeError
+from convforge.frontend import functional, nn, optim
+from convforge.frontend.compile import CompiledModel, TrainStep, compile, compile_train
+from convforge.frontend.functional import concat
+from convforge.frontend.nn import manual_seed
+from convforge.serialization import load, save
+
+# ``import convforge.nn as nn`` and ``import convforge.functional as F`` name the same modules
+for _name, _module in (("nn", nn), ("optim", optim), ("functional", functional)):
+    _sys.modules[f"{__name__}.{_name}"] = _module
 
 __version__ = "0.1.0"
-__all__ = ["ConvforgeError", "__version__"]
+__all__ = [
+    "CompiledModel",
+    "ConvforgeError",
+    "TrainStep",
+    "compile",
+    "compile_train",
+    "concat",
+    "data",
+    "functional",
+    "load",
+    "manual_seed",
+    "nn",
+    "optim",
+    "save",
+    "__version__",
+]

@@ -147,6 +147,8 @@ class Graph:
         self._counter = 0
         self._insert_at: int | None = None
         self._default_meta: dict[str, Any] = {}
+        #: graph-level facts passes share: e.g. "no_grad" (input names autodiff skips)
+        self.meta: dict[str, Any] = {}
 
     # -- building ---------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:

@@ -2,4 +2,9 @@
 
 from convforge.backends.reference.runtime import ReferenceExecutable, run_graph
 
-__all__ = ["ReferenceExecutable", "run_graph"]
+__all__ = ["ReferenceExecutable", "compile_graph", "run_graph"]
+
+
+def compile_graph(graph, *, training: bool = False) -> ReferenceExecutable:
+    """Bind ``graph`` to the NumPy interpreter (nothing to compile)."""
+    return ReferenceExecutable(graph)

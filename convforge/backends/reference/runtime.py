@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from convforge.backends.base import check_inputs
 from convforge.errors import ConvforgeError
 from convforge.ir.graph import Graph, Node, wrap_error
 
@@ -50,6 +51,7 @@ class ReferenceExecutable:
         self.graph = graph
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        check_inputs(self.graph, inputs)
         return run_graph(self.graph, inputs)
 
     def source(self) -> str:

@@ -1,0 +1,445 @@
+"""``cf.compile`` and ``cf.compile_train``: trace a model, run the passes, hand the graph
+to a backend, and wrap the result in an object that checks every input first.
+
+Inputs are cast to the compiled dtype (float32 unless ``dtype="float64"``); a float64
+array given to a float32 model is therefore computed in float32.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from convforge.backends import get_backend, resolve
+from convforge.backends.base import check_labels
+from convforge.errors import ConvforgeError, DTypeError, ShapeError
+from convforge.frontend.nn import Module, check_state_dict
+from convforge.frontend.optim import SGD, Optimizer
+from convforge.frontend.trace import SymbolicTensor, Tracer, tracing
+from convforge.ir.graph import Graph
+from convforge.ir.types import BATCH, TensorType
+from convforge.passes import PassManager, parse_pipeline
+from convforge.passes.autodiff import Autodiff
+from convforge.passes.dce import DeadCodeElimination
+
+#: passes every graph gets before the backend's own pipeline
+FRONT_PIPELINE = "canonicalize,cse,dce"
+LOSSES = ("cross_entropy", "mse")
+_DTYPES = {"float32": "f32", "f32": "f32", "float64": "f64", "f64": "f64"}
+
+
+# =========================================================================================
+# Public entry points
+# =========================================================================================
+def compile(model: Module, input_shape: Sequence[int | None], backend: str | None = None,
+            dtype: str = "float32") -> CompiledModel:  # fmt: skip
+    """Compile ``model`` for inference; ``None`` as the first dim accepts any batch size.
+
+    >>> net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="reference")
+    >>> logits = net(x)
+    """
+    _check_model(model)
+    ir_dtype = _ir_dtype(dtype)
+    store = ParamStore.from_model(model, ir_dtype)
+    return CompiledModel(model, input_shape, store, resolve(backend), ir_dtype)
+
+
+def compile_train(model: Module, input_shape: Sequence[int | None], loss: str = "cross_entropy",
+                  optimizer: Optimizer | None = None, backend: str | None = None,
+                  dtype: str = "float32") -> TrainStep:  # fmt: skip
+    """Compile forward + backward + optimizer update into one training-step program.
+
+    >>> step = cf.compile_train(model, (None, 1, 28, 28), loss="cross_entropy",
+    ...                         optimizer=optim.SGD(lr=0.01, momentum=0.9))
+    >>> loss = step(x, y)
+    """
+    _check_model(model)
+    if loss not in LOSSES:
+        raise ConvforgeError(f"compile_train: loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    optimizer = optimizer if optimizer is not None else SGD()
+    if not isinstance(optimizer, Optimizer):
+        raise ConvforgeError(f"compile_train: optimizer must be optim.SGD or optim.Adam, got {optimizer!r}")
+    ir_dtype = _ir_dtype(dtype)
+    return TrainStep(model, input_shape, loss, optimizer, resolve(backend), ir_dtype)
+
+
+# =========================================================================================
+# Parameter storage shared by compiled programs
+# =========================================================================================
+class ParamStore:
+    """Named arrays (parameters, buffers, optimizer state) that compiled programs read.
+
+    Programs update arrays in place, so a training step and the inference model it
+    hands out see the same weights.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], trainable: Sequence[str]):
+        self.arrays: OrderedDict[str, np.ndarray] = OrderedDict(arrays)
+        self.trainable = list(trainable)
+
+    @classmethod
+    def from_model(cls, model: Module, dtype: str) -> ParamStore:
+        np_dtype = TensorType(dtype, ()).np_dtype
+        arrays = OrderedDict()
+        for key, arr in model.state_dict().items():
+            arrays[key] = np.ascontiguousarray(arr, dtype=np_dtype if arr.dtype.kind == "f" else arr.dtype)
+        return cls(arrays, [k for k, _ in model.named_parameters()])
+
+    def state_dict(self, keys: Sequence[str] | None = None) -> OrderedDict[str, np.ndarray]:
+        keys = list(self.arrays) if keys is None else keys
+        return OrderedDict((k, self.arrays[k].copy()) for k in keys)
+
+    def load(self, state_dict: Mapping[str, Any], keys: Sequence[str], owner: str) -> None:
+        targets = {k: self.arrays[k] for k in keys}
+        for key, arr in check_state_dict(targets, state_dict, owner).items():
+            np.copyto(self.arrays[key], arr, casting="unsafe")
+
+
+# =========================================================================================
+# Inference
+# =========================================================================================
+class CompiledModel:
+    """A model compiled for inference: ``net(x)``, ``net.graph``, ``net.source()``."""
+
+    def __init__(self, model: Module, input_shape: Sequence[int | None], store: ParamStore, backend: str,
+                 dtype: str) -> None:  # fmt: skip
+        self.backend = backend
+        self.dtype = dtype
+        self.name = type(model).__name__
+        self._store = store
+        self._model_keys = list(model.state_dict())
+        self.input_type = _input_type(input_shape, dtype, self.name)
+        graph, _ = trace_model(model, self.input_type, training=False)
+        PassManager.from_string(FRONT_PIPELINE).run(graph)
+        self._executable = get_backend(backend).compile_graph(graph, training=False)
+        self._graph = getattr(self._executable, "graph", graph)
+
+    @property
+    def graph(self) -> Graph:
+        """The IR after all passes."""
+        return self._graph
+
+    def source(self) -> str:
+        """The generated code (for ``reference``, the interpreted graph)."""
+        return self._executable.source()
+
+    def __call__(self, x: Any) -> np.ndarray:
+        arr = check_input(x, self.input_type, self.name)
+        inputs = {v.name: self._store.arrays[v.name] for v in self._graph.inputs if v.name != "x"}
+        inputs["x"] = arr
+        return self._executable.run(inputs)[0]
+
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        return self._store.state_dict(self._model_keys)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self._store.load(state_dict, self._model_keys, self.name)
+
+    def __repr__(self) -> str:
+        return f"<CompiledModel {self.name} {self.input_type} on {self.backend}>"
+
+
+# =========================================================================================
+# Training
+# =========================================================================================
+class _Program:
+    """A compiled training graph and what each of its outputs means."""
+
+    def __init__(self, graph: Graph, executable: Any, roles: list[tuple[str, str]]):
+        self.graph = graph
+        self.executable = executable
+        self.roles = roles  # per output: ("loss", ""), ("grad", name), ("store", key)
+
+
+class TrainStep:
+    """A compiled training step: ``step(x, y)`` runs forward, backward and the update."""
+
+    def __init__(self, model: Module, input_shape: Sequence[int | None], loss: str, optimizer: Optimizer,
+                 backend: str, dtype: str) -> None:  # fmt: skip
+        self.model = model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.backend = backend
+        self.dtype = dtype
+        self.name = type(model).__name__
+        self.input_type = _input_type(input_shape, dtype, self.name)
+        self._store = ParamStore.from_model(model, dtype)
+        self._model_keys = list(self._store.arrays)
+        for key in self._store.trainable:
+            for state in optimizer.state:
+                self._store.arrays[_state_key(key, state)] = np.zeros_like(self._store.arrays[key])
+        self.steps = 0
+        self.training = True
+        self._programs: dict[tuple[str, bool], _Program] = {}
+        self._output_type = _probe_output(model, self.input_type)
+
+    # -- modes --------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> TrainStep:
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> TrainStep:
+        return self.train(False)
+
+    # -- running ------------------------------------------------------------------------
+    def __call__(self, x: Any, y: Any) -> float:
+        """One optimisation step on the batch; returns the batch-mean loss."""
+        program = self._program("train")
+        outputs = self._run(program, x, y, step=self.steps + 1)
+        loss = float(outputs[0])
+        for (role, key), value in zip(program.roles, outputs):
+            if role == "store":
+                np.copyto(self._store.arrays[key], value)
+        self.steps += 1
+        if self.training:
+            for key, arr in self._store.arrays.items():
+                if key.endswith("num_batches_tracked"):
+                    arr += 1
+        return loss
+
+    def gradients(self, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """Loss and gradients (by parameter name, plus ``"input"``) without any update."""
+        program = self._program("grad")
+        outputs = self._run(program, x, y, step=self.steps + 1)
+        grads = {}
+        for (role, key), value in zip(program.roles, outputs):
+            if role == "grad":
+                grads["input" if key == "x" else key] = value
+        return float(outputs[0]), grads
+
+    def inference(self) -> CompiledModel:
+        """A compiled inference model that shares this step's (trained) weights."""
+        net = CompiledModel.__new__(CompiledModel)
+        net.backend, net.dtype, net.name = self.backend, self.dtype, self.name
+        net._store = self._store
+        net._model_keys = self._model_keys
+        net.input_type = self.input_type
+        graph, _ = trace_model(self.model, self.input_type, training=False)
+        PassManager.from_string(FRONT_PIPELINE).run(graph)
+        net._executable = get_backend(self.backend).compile_graph(graph, training=False)
+        net._graph = getattr(net._executable, "graph", graph)
+        return net
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """The model's parameters and buffers, keyed as PyTorch keys them."""
+        return self._store.state_dict(self._model_keys)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self._store.load(state_dict, self._model_keys, self.name)
+
+    def optimizer_state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Optimizer buffers keyed ``<param>.<buffer>`` plus ``step``."""
+        keys = [k for k in self._store.arrays if k not in self._model_keys]
+        out = OrderedDict((k[len("optim.") :], v) for k, v in self._store.state_dict(keys).items())
+        out["step"] = np.asarray(self.steps, dtype=np.int64)
+        return out
+
+    def load_optimizer_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        state = dict(state_dict)
+        if "step" not in state:
+            raise ConvforgeError(f"{self.name}: optimizer state is missing key 'step'")
+        step = np.asarray(state.pop("step"))
+        if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:
+            raise ConvforgeError(f"{self.name}: optimizer state 'step' must be a non-negative int, got {step!r}")
+        keys = [k for k in self._store.arrays if k not in self._model_keys]
+        self._store.load({f"optim.{k}": v for k, v in state.items()}, keys, f"{self.name} optimizer")
+        self.steps = int(step)
+
+    def load(self, path: str) -> None:
+        """Load weights (and optimizer state, if the file has it) saved by ``cf.save``."""
+        from convforge.serialization import load, split_state
+
+        model_sd, optim_sd = split_state(load(path))
+        self.load_state_dict(model_sd)
+        if optim_sd:
+            self.load_optimizer_state_dict(optim_sd)
+
+    def graph(self, kind: str = "train") -> Graph:
+        """The joint IR of the training step (``"train"``) or of ``gradients`` (``"grad"``)."""
+        return self._program(kind).graph
+
+    def source(self, kind: str = "train") -> str:
+        return self._program(kind).executable.source()
+
+    # -- compiling ----------------------------------------------------------------------
+    def _program(self, kind: str) -> _Program:
+        key = (kind, self.training)
+        if key not in self._programs:
+            self._programs[key] = self._build(kind)
+        return self._programs[key]
+
+    def _build(self, kind: str) -> _Program:
+        graph, tracer = trace_model(self.model, self.input_type, training=self.training)
+        logits = graph.outputs[0]
+        if self.loss == "cross_entropy":
+            target = graph.add_input("target", TensorType("i64", (BATCH,)))
+            loss = graph.call("cross_entropy", logits, target, meta={"layer": "loss"})
+        else:
+            target = graph.add_input("target", logits.type)
+            loss = graph.call("mse_loss", logits, target, meta={"layer": "loss"})
+        graph.set_outputs([loss])
+        trainable = [v.name for v in graph.inputs if v.name in self._store.trainable]
+        wrt = trainable + (["x"] if kind == "grad" else [])
+        front = parse_pipeline(FRONT_PIPELINE)
+        PassManager([*front, Autodiff(wrt="|".join(wrt)), DeadCodeElimination()]).run(graph)
+        grad_index = graph.meta["grads"]
+        roles: list[tuple[str, str]] = [("loss", "")]
+        if kind == "grad":
+            roles += [("grad", name) for name in wrt]
+        else:
+            grads = [graph.outputs[grad_index[name]] for name in trainable]
+            outputs = [loss]
+            with graph.meta_scope(phase="update"):
+                step = graph.input("step") if "step" in {v.name for v in graph.inputs} else graph.add_input(
+                    "step", TensorType("i64", ())
+                )
+                for name, grad in zip(trainable, grads):
+                    param = graph.input(name)
+                    states = [graph.add_input(_state_key(name, s), param.type) for s in self.optimizer.state]
+                    new = graph.call(self.optimizer.op, param, grad, *states, step,
+                                     meta={"layer": f"optimizer ({name})"}, **self.optimizer.attrs())  # fmt: skip
+                    outputs += list(new)
+                    roles += [("store", name)] + [("store", _state_key(name, s)) for s in self.optimizer.state]
+            for key, value in tracer.state_updates.items():
+                outputs.append(value)
+                roles.append(("store", key))
+            graph.set_outputs(outputs)
+            PassManager.from_string("dce").run(graph)
+        executable = get_backend(self.backend).compile_graph(graph, training=True)
+        return _Program(getattr(executable, "graph", graph), executable, roles)
+
+    def _run(self, program: _Program, x: Any, y: Any, step: int) -> list[np.ndarray]:
+        arr = check_input(x, self.input_type, self.name)
+        target = self._check_target(y, arr.shape[0])
+        inputs: dict[str, np.ndarray] = {}
+        for v in program.graph.inputs:
+            if v.name == "x":
+                inputs["x"] = arr
+            elif v.name == "target":
+                inputs["target"] = target
+            elif v.name == "step":
+                inputs["step"] = np.asarray(step, dtype=np.int64)
+            else:
+                inputs[v.name] = self._store.arrays[v.name]
+        return program.executable.run(inputs)
+
+    def _check_target(self, y: Any, batch: int) -> np.ndarray:
+        if self.loss == "cross_entropy":
+            arr = _as_numeric(y, f"{self.name}: target y")
+            if arr.dtype.kind not in "iu":
+                raise DTypeError(f"{self.name}: target y must hold integer class labels, got dtype {arr.dtype}")
+            if arr.shape != (batch,):
+                raise ShapeError(f"{self.name}: target y must have shape [{batch}] (one label per image), "
+                                 f"got {list(arr.shape)}")  # fmt: skip
+            arr = arr.astype(np.int64)
+            check_labels("target", arr, int(self._output_type.shape[1]))
+            return np.ascontiguousarray(arr)
+        want = TensorType(self.dtype, (BATCH,) + tuple(self._output_type.shape[1:]))
+        return check_input(y, want, f"{self.name} target")
+
+    def __repr__(self) -> str:
+        return f"<TrainStep {self.name} {self.input_type} loss={self.loss} on {self.backend}>"
+
+
+def _state_key(param: str, state: str) -> str:
+    return f"optim.{param}.{state}"
+
+
+# =========================================================================================
+# Tracing
+# =========================================================================================
+def trace_model(model: Module, input_type: TensorType, *, training: bool) -> tuple[Graph, Tracer]:
+    """Run ``model.forward`` on a symbolic input; returns the graph and the tracer."""
+    graph = Graph(_graph_name(model))
+    names = {id(arr): key for key, arr in model._state_targets()}
+    tracer = Tracer(graph, names, training, input_type.dtype)
+    tracer.module_paths = {id(m): path for path, m in model.named_modules()}
+    x = graph.add_input("x", input_type)
+    modes = [(m, m.training) for m in model.modules()]
+    model.train(training)
+    try:
+        with tracing(tracer):
+            out = model(tracer.wrap(x))
+    finally:
+        for m, mode in modes:
+            object.__setattr__(m, "training", mode)
+    if not isinstance(out, SymbolicTensor):
+        raise ConvforgeError(
+            f"{type(model).__name__}.forward must return one tensor computed from its input, got {type(out).__name__}"
+        )
+    graph.set_outputs([out.value])
+    non_trainable = {k for k, _ in model.named_buffers()}
+    graph.meta["no_grad"] = sorted(non_trainable | {"target", "step"})
+    return graph, tracer
+
+
+def _probe_output(model: Module, input_type: TensorType) -> TensorType:
+    graph, _ = trace_model(model, input_type, training=False)
+    return graph.outputs[0].type
+
+
+def _graph_name(model: Module) -> str:
+    name = type(model).__name__
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name).lower() or "model"
+
+
+# =========================================================================================
+# Input checks
+# =========================================================================================
+def check_input(x: Any, expected: TensorType, owner: str) -> np.ndarray:
+    """``x`` as a contiguous array of ``expected`` (batch free), or a clear error."""
+    arr = _as_numeric(x, f"{owner}: input x")
+    if arr.ndim != expected.rank:
+        raise ShapeError(f"{owner}: expected input of shape {_fmt_shape(expected)} (rank {expected.rank}), "
+                         f"got shape {list(arr.shape)} (rank {arr.ndim})")  # fmt: skip
+    for want, got in zip(expected.shape, arr.shape):
+        if (want == BATCH and got < 1) or (want != BATCH and want != got):
+            raise ShapeError(f"{owner}: expected input of shape {_fmt_shape(expected)}, got {list(arr.shape)}")
+    return np.ascontiguousarray(arr, dtype=expected.np_dtype)
+
+
+def _as_numeric(x: Any, what: str) -> np.ndarray:
+    if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # noqa: BLE001 - anything NumPy cannot convert is a user mistake
+        raise DTypeError(f"{what} must be a numeric array, got {type(x).__name__} ({exc})") from None
+    if arr.dtype.kind not in "fiub":
+        raise DTypeError(f"{what} must be a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _fmt_shape(t: TensorType) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def _input_type(input_shape: Sequence[int | None], dtype: str, owner: str) -> TensorType:
+    if not isinstance(input_shape, (tuple, list)) or not input_shape:
+        raise ShapeError(f"{owner}: input_shape must be a non-empty tuple like (None, 1, 28, 28), got {input_shape!r}")
+    dims: list = []
+    for i, d in enumerate(input_shape):
+        if d is None and i == 0:
+            dims.append(BATCH)
+        elif isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0:
+            dims.append(int(d))
+        else:
+            raise ShapeError(f"{owner}: input_shape entries must be positive ints (None only for the batch), "
+                             f"got {input_shape!r}")  # fmt: skip
+    return TensorType(dtype, tuple(dims))
+
+
+def _ir_dtype(dtype: str) -> str:
+    key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if key not in _DTYPES:
+        raise DTypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return _DTYPES[key]
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, Module):
+        raise ConvforgeError(f"expected a convforge.nn.Module, got {type(model).__name__}")

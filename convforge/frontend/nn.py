@@ -1,0 +1,676 @@
+"""``convforge.nn``: PyTorch-style modules with PyTorch's constructor signatures,
+parameter names and default initialisation.
+
+    model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+    model.state_dict().keys()   # ['0.weight', '0.bias']
+
+Write a non-sequential model by subclassing :class:`Module` and calling
+``convforge.functional`` (``F``) in ``forward``; ``x + y`` and ``cf.concat`` work there.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from convforge.errors import AttributeValueError, ConvforgeError, StateDictError
+from convforge.frontend import functional as F
+from convforge.frontend import trace
+
+_rng = np.random.default_rng(0)
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator used for parameter initialisation."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+def generator() -> np.random.Generator:
+    return _rng
+
+
+class Parameter(np.ndarray):
+    """A trainable float32 array owned by a module (an ``ndarray`` subclass).
+
+    Arithmetic on a parameter gives a plain ``ndarray``; the parameter itself keeps its
+    identity, which is how tracing finds its ``state_dict`` name.
+    """
+
+    def __new__(cls, data: Any) -> Parameter:
+        return np.array(data, dtype=np.float32, copy=True).view(cls)
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        return arr.view(np.ndarray) if isinstance(arr, np.ndarray) else arr
+
+    def __reduce__(self):  # pickling is never used by convforge; keep plain semantics
+        return (np.asarray, (np.asarray(self).copy(),))
+
+
+class Module:
+    """Base class of layers and models: registers parameters, buffers and submodules."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_cf_loc", _construction_site())
+
+    # -- registration -----------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_parameters" not in self.__dict__:
+            raise ConvforgeError(
+                f"{type(self).__name__}: call super().__init__() before assigning attributes"
+            )
+        if name in self._buffers and isinstance(value, np.ndarray) and not isinstance(value, Parameter):
+            self._buffers[name] = value  # ``self.num_batches_tracked += 1`` keeps it a buffer
+            object.__setattr__(self, name, value)
+            return
+        for store in (self._parameters, self._buffers, self._modules):
+            store.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value: Any) -> None:
+        """A non-trainable array saved in ``state_dict`` (running statistics)."""
+        arr = np.array(value, copy=True)
+        self._buffers[name] = arr
+        object.__setattr__(self, name, arr)
+
+    def register_parameter(self, name: str, value: Parameter | None) -> None:
+        if value is None:
+            self._parameters.pop(name, None)
+            object.__setattr__(self, name, None)
+        else:
+            setattr(self, name, value if isinstance(value, Parameter) else Parameter(value))
+
+    def add_module(self, name: str, module: Module) -> None:
+        setattr(self, name, module)
+
+    # -- traversal --------------------------------------------------------------------
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self) -> Iterator[Module]:
+        yield from self._modules.values()
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for path, m in self.named_modules(prefix):
+            for name, p in m._parameters.items():
+                yield (f"{path}.{name}" if path else name), p
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for path, m in self.named_modules(prefix):
+            for name, b in m._buffers.items():
+                yield (f"{path}.{name}" if path else name), b
+
+    def num_parameters(self) -> int:
+        return sum(int(p.size) for p in self.parameters())
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Copies of every parameter and buffer, keyed as PyTorch keys them."""
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for path, m in self.named_modules():
+            for name, p in m._parameters.items():
+                out[f"{path}.{name}" if path else name] = np.array(p, copy=True).view(np.ndarray)
+            for name, b in m._buffers.items():
+                out[f"{path}.{name}" if path else name] = np.array(b, copy=True)
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Copy arrays into this module's parameters and buffers (checked first, then copied)."""
+        targets = dict(self._state_targets())
+        checked = check_state_dict(targets, state_dict, type(self).__name__, strict=strict)
+        for key, arr in checked.items():
+            np.copyto(targets[key], arr, casting="unsafe")
+
+    def _state_targets(self) -> Iterator[tuple[str, np.ndarray]]:
+        yield from self.named_parameters()
+        yield from self.named_buffers()
+
+    # -- modes ------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    # -- calling ----------------------------------------------------------------------
+    def forward(self, *args: Any) -> Any:
+        raise ConvforgeError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = trace.active()
+        if tracer is None:
+            return self.forward(*args, **kwargs)
+        path = _path_of(self, tracer)
+        with tracer.module_scope(path, self):
+            return self.forward(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            lines[0] = f"{type(self).__name__}("
+            for name, m in self._modules.items():
+                child = repr(m).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {child}")
+            lines.append(")")
+            return "\n".join(lines)
+        return lines[0] + ")"
+
+
+def check_state_dict(
+    targets: Mapping[str, np.ndarray], state_dict: Mapping[str, Any], owner: str, strict: bool = True
+) -> dict[str, np.ndarray]:
+    """Validate ``state_dict`` against ``targets`` (name -> array); return arrays to copy."""
+    if not isinstance(state_dict, Mapping):
+        raise StateDictError(f"{owner}: expected a mapping of name -> array, got {type(state_dict).__name__}")
+    if strict:
+        missing = [k for k in targets if k not in state_dict]
+        extra = [k for k in state_dict if k not in targets]
+        if missing:
+            raise StateDictError(f"{owner}: state_dict is missing key(s) {', '.join(map(repr, missing))}")
+        if extra:
+            raise StateDictError(
+                f"{owner}: state_dict has unexpected key(s) {', '.join(map(repr, extra))}; "
+                f"expected keys: {', '.join(targets)}"
+            )
+    out = {}
+    for key, value in state_dict.items():
+        if key not in targets:
+            continue
+        target = targets[key]
+        if hasattr(value, "detach"):  # a torch tensor, accepted for convenience
+            value = value.detach().cpu().numpy()
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # noqa: BLE001
+            raise StateDictError(f"{owner}: entry {key!r} is not an array: {exc}") from None
+        if arr.dtype.kind not in "fiub":
+            raise StateDictError(
+                f"{owner}: entry {key!r} must be numeric like {target.dtype}, got dtype {arr.dtype}"
+            )
+        if target.dtype.kind == "f" and arr.dtype.kind not in "fiu":
+            raise StateDictError(f"{owner}: entry {key!r} must be a float array, got dtype {arr.dtype}")
+        if arr.shape != target.shape:
+            raise StateDictError(
+                f"{owner}: entry {key!r} has shape {list(arr.shape)}, expected {list(target.shape)}"
+            )
+        if not np.all(np.isfinite(arr)) and arr.dtype.kind == "f":
+            raise StateDictError(f"{owner}: entry {key!r} holds NaN or infinite values")
+        out[key] = arr
+    return out
+
+
+def _path_of(module: Module, tracer: trace.Tracer) -> str:
+    return tracer.module_paths.get(id(module), type(module).__name__)
+
+
+def _construction_site() -> str | None:
+    """``file.py:line`` where the user built this module (for IR provenance)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for frame_info in inspect.stack(context=0)[2:]:
+        path = os.path.abspath(frame_info.filename)
+        if not path.startswith(package):
+            return f"{os.path.basename(path)}:{frame_info.lineno}"
+    return None
+
+
+# =========================================================================================
+# Containers
+# =========================================================================================
+class Sequential(Module):
+    """Modules applied in order; children are named ``0``, ``1``, ... as in PyTorch."""
+
+    def __init__(self, *modules: Module) -> None:
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], Mapping):
+            items = list(modules[0].items())
+        else:
+            items = [(str(i), m) for i, m in enumerate(modules)]
+        for name, m in items:
+            if not isinstance(m, Module):
+                raise ConvforgeError(f"Sequential: item {name} must be a Module, got {type(m).__name__}")
+            self.add_module(name, m)
+
+    def forward(self, x: Any) -> Any:
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, index: int | slice) -> Module:
+        mods = list(self._modules.values())
+        if isinstance(index, slice):
+            return Sequential(*mods[index])
+        return mods[index]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def append(self, module: Module) -> Sequential:
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+
+class ModuleList(Module):
+    """A list of submodules, registered as ``0``, ``1``, ..."""
+
+    def __init__(self, modules: Any = ()) -> None:
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module: Module) -> ModuleList:
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def __getitem__(self, index: int) -> Module:
+        return list(self._modules.values())[index]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+
+# =========================================================================================
+# Layers
+# =========================================================================================
+def _uniform(shape: tuple[int, ...], bound: float) -> Parameter:
+    return Parameter(_rng.uniform(-bound, bound, size=shape).astype(np.float32))
+
+
+def _int_or_tuple(name: str, value: Any, n: int, layer: str) -> tuple[int, ...]:
+    if isinstance(value, bool):
+        raise AttributeValueError(f"{layer}: {name} must be an int or a tuple of {n} ints, got {value!r}")
+    if isinstance(value, int):
+        return (value,) * n
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == n
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return tuple(value)
+    raise AttributeValueError(f"{layer}: {name} must be an int or a tuple of {n} ints, got {value!r}")
+
+
+class _ConvNd(Module):
+    _dims = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        n = self._dims
+        for label, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise AttributeValueError(f"{name}: {label} must be a positive int, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise AttributeValueError(
+                f"{name}: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+            )
+        if padding_mode != "zeros":
+            raise AttributeValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _int_or_tuple("kernel_size", kernel_size, n, name)
+        self.stride = _int_or_tuple("stride", stride, n, name)
+        self.dilation = _int_or_tuple("dilation", dilation, n, name)
+        for label, v in (
+            ("kernel_size", self.kernel_size),
+            ("stride", self.stride),
+            ("dilation", self.dilation),
+        ):
+            if min(v) <= 0:
+                raise AttributeValueError(f"{name}: {label} must be positive, got {v}")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise AttributeValueError(
+                    f"{name}: padding must be 'same', 'valid', an int or a tuple, got {padding!r}"
+                )
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise AttributeValueError(
+                    f"{name}: padding='same' requires stride 1, got stride {self.stride}"
+                )
+            self.padding: Any = padding
+        else:
+            self.padding = _int_or_tuple("padding", padding, n, name)
+            if min(self.padding) < 0:
+                raise AttributeValueError(f"{name}: padding must be >= 0, got {self.padding}")
+        fan_in = in_channels // groups * int(np.prod(self.kernel_size))
+        bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)), PyTorch's default
+        self.weight = _uniform((out_channels, in_channels // groups, *self.kernel_size), bound)
+        if bias:
+            self.bias = _uniform((out_channels,), bound)
+        else:
+            self.register_parameter("bias", None)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding not in (0, (0,) * self._dims):
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self._dims:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution (cross-correlation) over NCHW input."""
+
+    _dims = 2
+
+    def forward(self, x: Any) -> Any:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution (cross-correlation) over NCL input."""
+
+    _dims = 1
+
+    def forward(self, x: Any) -> Any:
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        for label, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise AttributeValueError(f"Linear: {label} must be a positive int, got {v!r}")
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = _uniform((out_features, in_features), bound)
+        if bias:
+            self.bias = _uniform((out_features,), bound)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Any) -> Any:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
+
+
+class MaxPool2d(Module):
+    def __init__(
+        self,
+        kernel_size: Any,
+        stride: Any = None,
+        padding: Any = 0,
+        dilation: Any = 1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        if return_indices:
+            raise AttributeValueError("MaxPool2d: return_indices=True is not supported")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.ceil_mode = dilation, ceil_mode
+        _validate_pool(self)
+
+    def forward(self, x: Any) -> Any:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
+
+
+class AvgPool2d(Module):
+    def __init__(
+        self,
+        kernel_size: Any,
+        stride: Any = None,
+        padding: Any = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad, self.divisor_override = (
+            ceil_mode,
+            count_include_pad,
+            divisor_override,
+        )
+        _validate_pool(self)
+
+    def forward(self, x: Any) -> Any:
+        return F.avg_pool2d(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
+
+
+def _validate_pool(layer: Module) -> None:
+    from convforge.ir.ops import registry
+
+    attrs = {
+        k: getattr(layer, k)
+        for k in (
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "ceil_mode",
+            "count_include_pad",
+            "divisor_override",
+        )
+        if hasattr(layer, k)
+    }
+    op = "max_pool2d" if isinstance(layer, MaxPool2d) else "avg_pool2d"
+    registry.get(op).normalize(attrs, where=type(layer).__name__)
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size; ``AdaptiveAvgPool2d(1)`` is global pooling."""
+
+    def __init__(self, output_size: Any) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: Any) -> Any:
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class _BatchNorm(Module):
+    _ranks: tuple[int, ...] = (4,)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
+            raise AttributeValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
+        if not affine or not track_running_stats:
+            raise AttributeValueError(f"{name}: only affine=True, track_running_stats=True is supported")
+        if not isinstance(eps, (int, float)) or eps <= 0:
+            raise AttributeValueError(f"{name}: eps must be > 0, got {eps!r}")
+        if not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+            raise AttributeValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
+        self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
+        self.weight = Parameter(np.ones(num_features, np.float32))
+        self.bias = Parameter(np.zeros(num_features, np.float32))
+        self.register_buffer("running_mean", np.zeros(num_features, np.float32))
+        self.register_buffer("running_var", np.ones(num_features, np.float32))
+        self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+
+    def forward(self, x: Any) -> Any:
+        shape = x.shape if hasattr(x, "shape") else np.shape(x)
+        if len(shape) not in self._ranks:
+            want = " or ".join(str(r) for r in self._ranks)
+            raise ConvforgeError(
+                f"{_where(self)}: expected input of rank {want}, got rank {len(shape)} (shape {list(shape)})"
+            )
+        if self.training and trace.active() is None:
+            self.num_batches_tracked += 1
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over NCHW input, per channel."""
+
+    _ranks = (4,)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation over [N, C] input, per feature."""
+
+    _ranks = (2,)
+
+
+class Dropout(Module):
+    """Zero elements with probability ``p`` in training; the identity in eval."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise AttributeValueError(f"Dropout: p must be between 0 and 1, got {p!r}")
+        self.p = float(p)
+
+    def forward(self, x: Any) -> Any:
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x: Any) -> Any:
+        return F.flatten(x, self.start_dim, self.end_dim)
+
+
+class ReLU(Module):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+
+    def forward(self, x: Any) -> Any:
+        return F.relu(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x: Any) -> Any:
+        return F.leaky_relu(x, self.negative_slope)
+
+
+class Sigmoid(Module):
+    def forward(self, x: Any) -> Any:
+        return F.sigmoid(x)
+
+
+class Tanh(Module):
+    def forward(self, x: Any) -> Any:
+        return F.tanh(x)
+
+
+class Softmax(Module):
+    def __init__(self, dim: int = 1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Any) -> Any:
+        return F.softmax(x, self.dim)
+
+
+class LogSoftmax(Module):
+    def __init__(self, dim: int = 1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Any) -> Any:
+        return F.log_softmax(x, self.dim)
+
+
+class Identity(Module):
+    def forward(self, x: Any) -> Any:
+        return x
+
+
+def _where(module: Module) -> str:
+    tracer = trace.active()
+    return tracer.where() if tracer is not None else type(module).__name__
