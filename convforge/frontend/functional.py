@@ -365,7 +365,7 @@ def _as_array(obj: Any, name: str, op: str) -> np.ndarray:
         arr = arr.astype(np.float32)
     elif arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
-    return np.ascontiguousarray(arr)
+    return np.asarray(arr, order="C")
 
 
 def _labels(target: Any, input_shape: Sequence[Any], op: str) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 from convforge.errors import AttributeValueError, ConvforgeError, StateDictError
 from convforge.frontend import functional as F
 from convforge.frontend import trace
+from convforge.serialization import OPTIMIZER_PREFIX
 
 _rng = np.random.default_rng(0)
 
@@ -191,6 +192,8 @@ def check_state_dict(
     """Validate ``state_dict`` against ``targets`` (name -> array); return arrays to copy."""
     if not isinstance(state_dict, Mapping):
         raise StateDictError(f"{owner}: expected a mapping of name -> array, got {type(state_dict).__name__}")
+    # a file saved from a training step also holds optimizer state; a model ignores it
+    state_dict = {k: v for k, v in state_dict.items() if not str(k).startswith(OPTIMIZER_PREFIX)}
     if strict:
         missing = [k for k in targets if k not in state_dict]
         extra = [k for k in state_dict if k not in targets]

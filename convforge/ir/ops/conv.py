@@ -44,7 +44,8 @@ def _check_padding(padding: object, nd: int) -> tuple[int, ...]:
     long_form = "(top, left, bottom, right)" if nd == 2 else "(lo, hi)"
     if not isinstance(padding, (tuple, list)) or len(padding) not in (nd, 2 * nd):
         raise AttributeValueError(
-            f"padding must be an int, {nd} ints (symmetric) or {2 * nd} ints {long_form}, got {padding!r}"
+            f"padding must be an int, {nd} int{'s' if nd > 1 else ''} (symmetric) or {2 * nd} ints "
+            f"{long_form}, got {padding!r}"
         )
     for p in padding:
         if isinstance(p, bool) or not isinstance(p, int):
@@ -105,8 +106,15 @@ def _out_spatial(
 ) -> tuple[int, ...]:
     names = _SPATIAL_NAMES[nd]
     return tuple(
-        window_out(_static(size, f"input {names[i]}"), kernel[i], stride[i], lo, hi, dilation[i],
-                   what=f"input {names[i]}")
+        window_out(
+            _static(size, f"input {names[i]}"),
+            kernel[i],
+            stride[i],
+            lo,
+            hi,
+            dilation[i],
+            what=f"input {names[i]}",
+        )
         for i, (size, (lo, hi)) in enumerate(zip(spatial, pad_pairs(padding, nd)))
     )
 
@@ -151,10 +159,7 @@ def _forward_shape(nd: int):
 
 def _expect_grad_spatial(gy: TensorType, expected: tuple[int, ...], source: str) -> None:
     if tuple(gy.shape[2:]) != expected:
-        raise ShapeError(
-            f"expected output gradient of spatial size {list(expected)} ({source}), "
-            f"got {gy}"
-        )
+        raise ShapeError(f"expected output gradient of spatial size {list(expected)} ({source}), got {gy}")
 
 
 def _backward_input_shape(nd: int):
@@ -209,8 +214,9 @@ def _grouped(a: np.ndarray, groups: int) -> np.ndarray:
     return a.reshape(a.shape[0], groups, a.shape[1] // groups, *a.shape[2:])
 
 
-def conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride, padding, dilation,
-                 groups: int) -> np.ndarray:
+def conv_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride, padding, dilation, groups: int
+) -> np.ndarray:
     """N-d cross-correlation (``nd`` = ``w.ndim - 2``), PyTorch semantics."""
     nd = w.ndim - 2
     sp = _SPATIAL_SUBSCRIPTS[nd]
@@ -224,8 +230,9 @@ def conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride, pad
     wg = w.reshape(groups, out_ch // groups, *w.shape[1:])
     y = np.zeros((n, groups, out_ch // groups, *out_spatial), dtype=x.dtype)
     for offsets in itertools.product(*(range(k) for k in kernel)):
-        taps = _grouped(xp[(slice(None), slice(None), *_tap_slices(offsets, out_spatial, stride, dilation))],
-                        groups)
+        taps = _grouped(
+            xp[(slice(None), slice(None), *_tap_slices(offsets, out_spatial, stride, dilation))], groups
+        )
         # [N, G, C/g, *S] x [G, O/g, C/g] -> [N, G, O/g, *S]
         y += np.einsum(f"ngc{sp},goc->ngo{sp}", taps, wg[(Ellipsis, *offsets)], optimize=True)
     y = y.reshape(n, out_ch, *out_spatial)
@@ -234,8 +241,9 @@ def conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride, pad
     return y
 
 
-def conv_backward_input(gy: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int,
-                        input_size) -> np.ndarray:
+def conv_backward_input(
+    gy: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int, input_size
+) -> np.ndarray:
     """The transposed convolution: scatter-add ``gy`` through every kernel tap, then crop the padding.
 
     Input rows the forward floor dropped are never read, so their gradient stays 0.
@@ -258,8 +266,9 @@ def conv_backward_input(gy: np.ndarray, w: np.ndarray, stride, padding, dilation
     return gxp.reshape(n, in_ch, *padded)[(slice(None), slice(None), *crop)].copy()
 
 
-def conv_backward_weight(x: np.ndarray, gy: np.ndarray, stride, padding, dilation, groups: int,
-                         kernel_size) -> np.ndarray:
+def conv_backward_weight(
+    x: np.ndarray, gy: np.ndarray, stride, padding, dilation, groups: int, kernel_size
+) -> np.ndarray:
     """The cross-correlation of the (padded) input with the output gradient."""
     nd = x.ndim - 2
     sp = _SPATIAL_SUBSCRIPTS[nd]
@@ -269,8 +278,9 @@ def conv_backward_weight(x: np.ndarray, gy: np.ndarray, stride, padding, dilatio
     gyg = _grouped(gy, groups)
     gw = np.zeros((groups, out_ch // groups, in_ch // groups, *kernel_size), dtype=x.dtype)
     for offsets in itertools.product(*(range(k) for k in kernel_size)):
-        taps = _grouped(xp[(slice(None), slice(None), *_tap_slices(offsets, out_spatial, stride, dilation))],
-                        groups)
+        taps = _grouped(
+            xp[(slice(None), slice(None), *_tap_slices(offsets, out_spatial, stride, dilation))], groups
+        )
         # [N, G, C/g, *S] x [N, G, O/g, *S] -> [G, O/g, C/g]
         gw[(Ellipsis, *offsets)] = np.einsum(f"ngc{sp},ngo{sp}->goc", taps, gyg, optimize=True)
     return gw.reshape(out_ch, in_ch // groups, *kernel_size)
@@ -284,8 +294,12 @@ def _declare(nd: int) -> tuple[Op, Op, Op]:
     zeros = (0,) * nd
     common = {"stride": ones, "padding": zeros, "dilation": ones, "groups": 1}
 
-    fwd = Op(name, fusion=FusionKind.OUT_FUSABLE, attrs=common,
-             doc=f"{nd}-D cross-correlation x[N,C,*S] * w[O,C/g,*k] (+ b[O])")
+    fwd = Op(
+        name,
+        fusion=FusionKind.OUT_FUSABLE,
+        attrs=common,
+        doc=f"{nd}-D cross-correlation x[N,C,*S] * w[O,C/g,*k] (+ b[O])",
+    )
     fwd.check(_checker(nd))
     fwd.shape(_forward_shape(nd))
 
@@ -304,8 +318,11 @@ def _declare(nd: int) -> tuple[Op, Op, Op]:
         gb = g.call("reduce_sum", gy, dims=(0, *range(2, nd + 2)))
         return gx, gw, gb
 
-    bwd_in = Op(f"{name}_backward_input", attrs={**common, "input_size": None},
-                doc=f"gradient of {name} with respect to its input: a transposed convolution of gy")
+    bwd_in = Op(
+        f"{name}_backward_input",
+        attrs={**common, "input_size": None},
+        doc=f"gradient of {name} with respect to its input: a transposed convolution of gy",
+    )
     bwd_in.check(_checker(nd, "input_size"))
     bwd_in.shape(_backward_input_shape(nd))
 
@@ -313,8 +330,11 @@ def _declare(nd: int) -> tuple[Op, Op, Op]:
     def _(gy, w, *, stride, padding, dilation, groups, input_size):
         return conv_backward_input(gy, w, stride, padding, dilation, groups, input_size)
 
-    bwd_w = Op(f"{name}_backward_weight", attrs={**common, "kernel_size": None},
-               doc=f"gradient of {name} with respect to its weight: x cross-correlated with gy")
+    bwd_w = Op(
+        f"{name}_backward_weight",
+        attrs={**common, "kernel_size": None},
+        doc=f"gradient of {name} with respect to its weight: x cross-correlated with gy",
+    )
     bwd_w.check(_checker(nd, "kernel_size"))
     bwd_w.shape(_backward_weight_shape(nd))
 

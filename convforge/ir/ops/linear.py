@@ -47,8 +47,11 @@ def _(g, node, gy):
 
 
 # -- matmul -------------------------------------------------------------------------------
-matmul = Op("matmul", attrs={"transpose_a": False, "transpose_b": False},
-            doc="op(a) @ op(b) for 2-D operands, op = transpose when the flag is set")
+matmul = Op(
+    "matmul",
+    attrs={"transpose_a": False, "transpose_b": False},
+    doc="op(a) @ op(b) for 2-D operands, op = transpose when the flag is set",
+)
 
 
 @matmul.check

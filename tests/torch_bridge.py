@@ -1,0 +1,67 @@
+"""Build the PyTorch twin of a convforge model (same layers, same weights) for oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from convforge.frontend import nn
+
+
+def to_torch(module: nn.Module) -> torch.nn.Module:
+    """The torch module equivalent to ``module``, with its weights copied."""
+    twin = _convert(module)
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in module.state_dict().items()})
+    return twin
+
+
+def _convert(m: nn.Module) -> torch.nn.Module:
+    tnn = torch.nn
+    if isinstance(m, nn.Sequential):
+        return tnn.Sequential(*[_convert(c) for c in m])
+    if isinstance(m, nn.Conv2d):
+        return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                          bias=m.bias is not None)  # fmt: skip
+    if isinstance(m, nn.Conv1d):
+        return tnn.Conv1d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                          bias=m.bias is not None)  # fmt: skip
+    if isinstance(m, nn.Linear):
+        return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    if isinstance(m, nn.MaxPool2d):
+        return tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
+    if isinstance(m, nn.AvgPool2d):
+        return tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                             m.divisor_override)  # fmt: skip
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return tnn.AdaptiveAvgPool2d(m.output_size)
+    if isinstance(m, nn.BatchNorm2d):
+        return tnn.BatchNorm2d(m.num_features, m.eps, m.momentum)
+    if isinstance(m, nn.BatchNorm1d):
+        return tnn.BatchNorm1d(m.num_features, m.eps, m.momentum)
+    if isinstance(m, nn.Dropout):
+        return tnn.Dropout(m.p)
+    if isinstance(m, nn.Flatten):
+        return tnn.Flatten(m.start_dim, m.end_dim)
+    simple = {nn.ReLU: tnn.ReLU, nn.Sigmoid: tnn.Sigmoid, nn.Tanh: tnn.Tanh, nn.Identity: tnn.Identity}
+    for ours, theirs in simple.items():
+        if type(m) is ours:
+            return theirs()
+    if isinstance(m, nn.LeakyReLU):
+        return tnn.LeakyReLU(m.negative_slope)
+    if isinstance(m, nn.Softmax):
+        return tnn.Softmax(m.dim)
+    if isinstance(m, nn.LogSoftmax):
+        return tnn.LogSoftmax(m.dim)
+    raise TypeError(f"no torch twin for {type(m).__name__}")
+
+
+def assert_close(ours: np.ndarray, theirs, rtol: float = 1e-4, atol_scale: float = 1e-5, what: str = "") -> None:
+    """Scale-aware comparison: |a - b| <= atol_scale * max|b| + rtol * |b|."""
+    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
+    ours = np.asarray(ours)
+    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != {theirs.shape}"
+    scale = max(float(np.abs(theirs).max()) if theirs.size else 0.0, 1e-30)
+    err = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))
+    bound = atol_scale * scale + rtol * np.abs(theirs)
+    worst = float((err - bound).max()) if err.size else 0.0
+    assert worst <= 0, f"{what}: max abs error {err.max():.3g} (scale {scale:.3g}) exceeds tolerance"
