@@ -318,11 +318,11 @@ class _Parser:
         attrs: dict[str, Any] = {}
         region: Graph | None = None
         if self.at("punct", "{"):
-            brace = self.advance()
+            self.advance()
             if op == "fusion" and (self.at("newline") or self.at("comment")):
                 self.pos -= 1  # the region block, not attributes
             else:
-                attrs = self.parse_attr_body(brace)
+                attrs = self.parse_attr_body()
         meta: dict[str, Any] = {}
         if op == "fusion":
             self.expect("punct", "{", "'{' opening the fusion region")
@@ -337,8 +337,8 @@ class _Parser:
         for out in node.outputs:
             scope[out.name] = out
 
-    def parse_attr_body(self, brace: Token) -> dict[str, Any]:
-        """``k=v, ...}`` after an opening ``{`` (which is ``brace``)."""
+    def parse_attr_body(self) -> dict[str, Any]:
+        """``k=v, ...}`` after an opening ``{``."""
         attrs: dict[str, Any] = {}
         if self.accept("punct", "}"):
             return attrs
@@ -445,7 +445,8 @@ class _Parser:
                     inputs += self.parse_operands(scope)
             attrs: dict[str, Any] = {}
             if self.at("punct", "{"):
-                attrs = self.parse_attr_body(self.advance())
+                self.advance()
+                attrs = self.parse_attr_body()
             previous = self.create(region, op_tok, inputs, attrs, {}, None, None, None)
             self.skip_newlines()
             if not self.accept("punct", "->"):
