@@ -101,8 +101,17 @@ def report_new() -> None:
         for sig in st.cache_misses:
             if (name, str(sig)) not in _REPORTED:
                 _REPORTED.add((name, str(sig)))
-                print(f"[convforge] kernel {name}{sig}: compiled", file=sys.stderr)
+                print(f"[convforge] kernel {name} {_short(sig)}: compiled", file=sys.stderr)
         for sig in st.cache_hits:
             if (name, str(sig)) not in _REPORTED:
                 _REPORTED.add((name, str(sig)))
-                print(f"[convforge] kernel {name}{sig}: loaded from cache", file=sys.stderr)
+                print(f"[convforge] kernel {name} {_short(sig)}: loaded from cache", file=sys.stderr)
+
+
+def _short(sig: Any) -> str:
+    """``(f32[4d], i64, ...)``: a signature short enough for one log line."""
+    parts = []
+    for t in sig:
+        dtype = getattr(t, "dtype", None)
+        parts.append(f"{dtype}[{t.ndim}d]" if dtype is not None else str(t))
+    return "(" + ", ".join(parts) + ")"

@@ -200,6 +200,15 @@ class TrainStep:
                     arr += 1
         return loss
 
+    def warmup(self, x: Any, y: Any) -> None:
+        """Compile (and run once) the training program, then restore every weight and buffer."""
+        saved = {k: v.copy() for k, v in self._store.arrays.items()}
+        steps = self.steps
+        self(x, y)
+        for key, value in saved.items():
+            np.copyto(self._store.arrays[key], value)
+        self.steps = steps
+
     def gradients(self, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients (by parameter name, plus ``"input"``) without any update."""
         program = self._program("grad")

@@ -236,11 +236,12 @@ def _path_of(module: Module, tracer: trace.Tracer) -> str:
 
 
 def _construction_site() -> str | None:
-    """``file.py:line`` where the user built this module (for IR provenance)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """``file.py:line`` where this module was built (for IR provenance): the first frame
+    outside ``convforge/frontend``, so zoo models point into ``models/zoo.py``."""
+    frontend = os.path.dirname(os.path.abspath(__file__))
     for frame_info in inspect.stack(context=0)[2:]:
         path = os.path.abspath(frame_info.filename)
-        if not path.startswith(package):
+        if not path.startswith(frontend) and not frame_info.filename.startswith("<"):
             return f"{os.path.basename(path)}:{frame_info.lineno}"
     return None
 

@@ -10,7 +10,6 @@ compiles nothing. ``conv1d`` runs through the same kernels with a height of 1.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -92,7 +91,7 @@ def conv2d_backward_input(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx):
 
 
 @njit(cache=True, parallel=True)
-def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, gw):
+def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw):
     """gw = sum_n gy[n] @ im2col(x[n])^T; one partial sum per thread, then reduced."""
     N = x.shape[0]
     O = gw.shape[0]
@@ -102,7 +101,7 @@ def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, gw):
     og = O // groups
     kg = cg * kh * kw
     P = ho * wo
-    chunks = max(1, min(N, numba.get_num_threads()))
+    chunks = max(1, min(N, nt))
     part = np.zeros((chunks, O, kg), dtype=gw.dtype)
     for t in prange(chunks):
         col = np.empty((kg, P), dtype=x.dtype)
@@ -320,4 +319,4 @@ def _(ctx, node, ins, outs):
     ho, wo = (1, gy.shape[2]) if gy.type.rank == 3 else (gy.shape[2], gy.shape[3])
     k = ctx.static(conv2d_backward_weight, "conv2d_backward_weight")
     ctx.line(f"{k}({as4d(ctx, x, ins[0])}, {_gy3(ctx, gy, ins[1])}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
-             f"{groups}, {ho}, {wo}, {as4d(ctx, node.outputs[0], outs[0])})")
+             f"{groups}, {ho}, {wo}, T, {as4d(ctx, node.outputs[0], outs[0])})")

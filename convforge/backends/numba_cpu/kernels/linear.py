@@ -6,7 +6,6 @@ weight gradient (a reduction over the batch) sums one partial product per thread
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -16,17 +15,16 @@ from convforge.backends.numba_cpu.kernels.conv import epilogue_lines
 _FORWARD = '''\
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 
 @njit(cache=True, parallel=True)
-def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, y):
+def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, nt, y):
     N = x.shape[0]
     O = w.shape[0]
 {bn_prologue}
-    chunks = max(1, min(N // 8, numba.get_num_threads()))
+    chunks = max(1, min(N // 8, nt))
     step = (N + chunks - 1) // chunks
     wt = w.T
     for t in prange(chunks):
@@ -69,7 +67,7 @@ def emit_forward(ctx, node, x: str, w: str, b: str | None, bn: list[str] | None,
     out = node.outputs[0].type
     bias = b if b is not None else ctx.zeros(out.shape[1], out.dtype)
     bnargs = ", ".join(bn) if bn is not None else ", ".join([bias] * 4)
-    ctx.line(f"{k}({x}, {w}, {bias}, {bnargs}, {float(bn_eps)!r}, {y})")
+    ctx.line(f"{k}({x}, {w}, {bias}, {bnargs}, {float(bn_eps)!r}, T, {y})")
 
 
 @lowering("linear")
@@ -78,10 +76,10 @@ def _(ctx, node, ins, outs):
 
 
 @njit(cache=True, parallel=True)
-def matmul_nn(a, b, c):
+def matmul_nn(a, b, c, nt):
     """c = a @ b, rows of a split across threads."""
     M = a.shape[0]
-    chunks = max(1, min(M // 8, numba.get_num_threads()))
+    chunks = max(1, min(M // 8, nt))
     step = (M + chunks - 1) // chunks
     for t in prange(chunks):
         m0 = t * step
@@ -91,10 +89,10 @@ def matmul_nn(a, b, c):
 
 
 @njit(cache=True, parallel=True)
-def matmul_nt(a, b, c):
+def matmul_nt(a, b, c, nt):
     """c = a @ b.T, rows of a split across threads."""
     M = a.shape[0]
-    chunks = max(1, min(M // 8, numba.get_num_threads()))
+    chunks = max(1, min(M // 8, nt))
     step = (M + chunks - 1) // chunks
     bt = b.T
     for t in prange(chunks):
@@ -105,10 +103,10 @@ def matmul_nt(a, b, c):
 
 
 @njit(cache=True, parallel=True)
-def matmul_tn(a, b, c):
+def matmul_tn(a, b, c, nt):
     """c = a.T @ b: the reduction dimension (rows of a and b) split, partials summed."""
     K = a.shape[0]
-    chunks = max(1, min(K // 16, numba.get_num_threads()))
+    chunks = max(1, min(K // 16, nt))
     step = (K + chunks - 1) // chunks
     part = np.zeros((chunks, c.shape[0], c.shape[1]), dtype=c.dtype)
     for t in prange(chunks):
@@ -122,7 +120,7 @@ def matmul_tn(a, b, c):
 
 
 @njit(cache=True)
-def matmul_tt(a, b, c):
+def matmul_tt(a, b, c, nt):
     """c = a.T @ b.T (rare: no autodiff rule emits it for a linear layer)."""
     c[:] = np.dot(a.T, b.T)
 
@@ -133,4 +131,4 @@ def _(ctx, node, ins, outs):
     fn = {(False, False): matmul_nn, (False, True): matmul_nt, (True, False): matmul_tn,
           (True, True): matmul_tt}[(ta, tb)]
     k = ctx.static(fn, fn.__name__)
-    ctx.line(f"{k}({ins[0]}, {ins[1]}, {outs[0]})")
+    ctx.line(f"{k}({ins[0]}, {ins[1]}, {outs[0]}, T)")

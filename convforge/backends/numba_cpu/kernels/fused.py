@@ -1,0 +1,164 @@
+"""Fusion nodes: one kernel per recognised region, else the region's ops run back to back.
+
+Recognised regions (what ``convforge.passes.fuse`` builds):
+
+* ``conv2d|conv1d|linear [-> batch_norm] [-> activation]* [-> max_pool2d|max_pool2d_argmax|avg_pool2d]``:
+  one generated kernel; the epilogue runs on the GEMM output while it is in cache.
+* ``activation_backward -> max_pool2d_backward_argmax``: the gradient is masked at the
+  pooled position and scattered through the stored argmax in one pass.
+
+Any other region is still correct: its ops are lowered one by one with temporaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from convforge.backends import epilogue
+from convforge.backends.numba_cpu.kernels import LOWERINGS, conv, linear, lowering
+from convforge.errors import BackendError
+
+PRODUCERS = ("conv2d", "conv1d", "linear")
+POOLS = ("max_pool2d", "max_pool2d_argmax", "avg_pool2d")
+
+
+def _source_exprs(region, node, ins: list[str], prev: str | None) -> list[str]:
+    """Driver expressions for a region node's inputs (region inputs, or the previous output)."""
+    index = {id(v): i for i, v in enumerate(region.inputs)}
+    out = []
+    for v in node.inputs:
+        if id(v) in index:
+            out.append(ins[index[id(v)]])
+        elif prev is not None and v.producer is not None:
+            out.append(prev)
+        else:
+            raise BackendError(f"fusion region input %{v.name} is neither a region input nor the chain value")
+    return out
+
+
+def match_forward(region):
+    """(producer, bn, acts, pool) if the region is a fusable forward chain, else None."""
+    nodes = list(region.nodes)
+    if not nodes or nodes[0].op not in PRODUCERS:
+        return None
+    producer, rest = nodes[0], nodes[1:]
+    bn = None
+    if rest and rest[0].op == "batch_norm":
+        bn, rest = rest[0], rest[1:]
+    acts = []
+    while rest and rest[0].op in epilogue.UNARY:
+        acts.append(rest[0])
+        rest = rest[1:]
+    pool = None
+    if rest and rest[0].op in POOLS and producer.op == "conv2d":
+        pool, rest = rest[0], rest[1:]
+        if pool.op != "avg_pool2d" and tuple(pool.attrs["dilation"]) != (1, 1):
+            return None
+        if pool.op == "avg_pool2d" and (
+            any(pool.attrs["padding"]) or pool.attrs["ceil_mode"] or pool.attrs["divisor_override"] is not None
+        ):
+            return None
+    if rest:
+        return None
+    return producer, bn, acts, pool
+
+
+@njit(cache=True, parallel=True)
+def act_backward_max_pool_argmax(gy, y, am, kind, slope, kh, kw, sh, sw, ph, pw, gx):
+    """gx = scatter(act'(y) * gy, argmax); kind: 0 relu, 1 leaky_relu, 2 sigmoid, 3 tanh, 4 none.
+
+    The activation is monotone, so its derivative at the window's maximum is a function
+    of the pooled output ``y``: the full pre-pool activation is never stored.
+    """
+    N, C, Ho, Wo = gy.shape
+    H = gx.shape[2]
+    W = gx.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        gx[n, c] = 0
+        for oy in range(Ho):
+            for ox in range(Wo):
+                g = gy[n, c, oy, ox]
+                s = y[n, c, oy, ox]
+                if kind == 0:
+                    g = g if s > 0 else 0.0
+                elif kind == 1:
+                    g = g if s > 0 else g * slope
+                elif kind == 2:
+                    g = g * s * (1.0 - s)
+                elif kind == 3:
+                    g = g * (1.0 - s * s)
+                a = np.int64(am[n, c, oy, ox])
+                iy = oy * sh - ph + a // kw
+                ix = ox * sw - pw + a % kw
+                if 0 <= iy < H and 0 <= ix < W:
+                    gx[n, c, iy, ix] += g
+
+
+_ACT_KIND = {"relu_backward": 0, "leaky_relu_backward": 1, "sigmoid_backward": 2, "tanh_backward": 3}
+
+
+def _emit_backward(ctx, node, ins, outs) -> bool:
+    region = node.region
+    nodes = list(region.nodes)
+    if len(nodes) == 2 and nodes[0].op in _ACT_KIND and nodes[1].op == "max_pool2d_backward_argmax":
+        act, pool = nodes
+        gy, s = _source_exprs(region, act, ins, None)
+        _, am = _source_exprs(region, pool, ins, "chain")
+        kind, slope = _ACT_KIND[act.op], float(act.attrs.get("negative_slope", 0.0))
+    elif len(nodes) == 1 and nodes[0].op == "max_pool2d_backward_argmax":
+        pool = nodes[0]
+        gy, am = _source_exprs(region, pool, ins, None)
+        s, kind, slope = gy, 4, 0.0
+    else:
+        return False
+    if tuple(pool.attrs["dilation"]) != (1, 1):
+        return False
+    k = ctx.static(act_backward_max_pool_argmax, "act_backward_max_pool_argmax")
+    from convforge.backends.numba_cpu.kernels.pool import window
+
+    ctx.line(f"{k}({gy}, {s}, {am}, {kind}, {slope!r}, {window(pool.attrs)}, {outs[0]})")
+    return True
+
+
+@lowering("fusion")
+def _(ctx, node, ins, outs):
+    region = node.region
+    if region is None:
+        raise BackendError(f"{node.describe()}: a fusion node without a region")
+    matched = match_forward(region)
+    if matched is not None:
+        producer, bn, acts, pool = matched
+        pins = _source_exprs(region, producer, ins, None)
+        bn_args, eps = None, 0.0
+        if bn is not None:
+            bn_args = _source_exprs(region, bn, ins, "chain")[1:]
+            eps = bn.attrs["eps"]
+        act_list = [(a.op, dict(a.attrs)) for a in acts]
+        b = pins[2] if len(pins) > 2 else None
+        if producer.op == "linear":
+            linear.emit_forward(ctx, node, pins[0], pins[1], b, bn_args, eps, act_list, outs[0])
+        else:
+            am = outs[1] if pool is not None and pool.op == "max_pool2d_argmax" else None
+            conv.emit_forward(ctx, producer, pins[0], pins[1], b, bn_args, eps, act_list, pool, outs[0], am,
+                              node.outputs[0])
+        return
+    if _emit_backward(ctx, node, ins, outs):
+        return
+    _emit_sequence(ctx, node, ins, outs)
+
+
+def _emit_sequence(ctx, node, ins, outs) -> None:
+    """An unrecognised region: lower each of its ops, chaining through temporaries."""
+    region = node.region
+    prev = None
+    last = region.nodes[-1]
+    for rnode in region.nodes:
+        if rnode.op not in LOWERINGS:
+            raise BackendError(f"numba-cpu has no kernel for op {rnode.op!r} (in {node.describe()})")
+        rins = _source_exprs(region, rnode, ins, prev)
+        routs = outs if rnode is last else [ctx.temp(v) for v in rnode.outputs]
+        LOWERINGS[rnode.op](ctx, rnode, rins, routs)
+        prev = routs[0]

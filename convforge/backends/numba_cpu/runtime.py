@@ -1,0 +1,117 @@
+"""The numba-cpu executable: checks inputs, binds planned buffers, runs the generated driver."""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from collections.abc import Mapping
+
+import numba
+import numpy as np
+
+from convforge.backends import cache
+from convforge.backends.base import check_inputs, check_labels
+from convforge.backends.numba_cpu.codegen import Program, generate
+from convforge.ir.graph import Graph
+from convforge.passes.memory_plan import ALIAS_OPS, MemoryPlan, plan_memory
+
+_CONFIGURED = False
+
+
+def configure_threads() -> None:
+    """OpenMP threading layer (2x faster than workqueue here) and single-threaded BLAS in kernels.
+
+    Kernels call sgemm from inside ``prange`` (one GEMM per image per thread); a BLAS that
+    spawned its own threads there would oversubscribe the cores. SciPy's OpenBLAS (the one
+    Numba calls) is set to one thread; NumPy's own BLAS is left alone.
+    """
+    global _CONFIGURED
+    if _CONFIGURED:
+        return
+    _CONFIGURED = True
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        try:
+            from numba.np.ufunc import omppool  # noqa: F401
+
+            numba.config.THREADING_LAYER = "omp"
+        except ImportError:
+            pass  # Numba picks tbb or workqueue
+    try:
+        import scipy
+
+        root = os.path.dirname(os.path.dirname(scipy.__file__))
+        for lib in glob.glob(os.path.join(root, "scipy.libs", "libscipy_openblas*")):
+            handle = ctypes.CDLL(lib)
+            for fn in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+                if hasattr(handle, fn):
+                    getattr(handle, fn)(1)
+                    break
+    except (ImportError, OSError):
+        pass
+
+
+class NumbaCpuExecutable:
+    """A graph compiled to a generated driver plus Numba kernels."""
+
+    backend = "numba-cpu"
+
+    def __init__(self, graph: Graph):
+        configure_threads()
+        self.graph = graph
+        views = {id(o) for n in graph.nodes if n.op in ALIAS_OPS for o in n.outputs}
+        self._planned = plan_memory(graph, 1).values
+        self.program: Program = generate(graph, self._planned, views)
+        self._buffers: dict[int, tuple[MemoryPlan, list[np.ndarray]]] = {}
+        self._labels = _label_inputs(graph)
+        self._reported = False
+
+    def plan(self, batch: int) -> MemoryPlan:
+        return self._bind(batch)[0]
+
+    def _bind(self, batch: int) -> tuple[MemoryPlan, list[np.ndarray]]:
+        if batch not in self._buffers:
+            plan = plan_memory(self.graph, batch)
+            plan.verify()
+            slots = [np.empty(max(size, 1), dtype=np.uint8) for size in plan.slot_bytes]
+            views = []
+            for v in self._planned:
+                nbytes = plan.nbytes[v.name]
+                raw = slots[plan.slot_of[v.name]][:nbytes]
+                views.append(raw.view(v.type.np_dtype).reshape(v.type.concrete(batch)))
+            self._buffers[batch] = (plan, views)
+        return self._buffers[batch]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        batch = check_inputs(self.graph, inputs)
+        for name, classes in self._labels:
+            check_labels(name, inputs[name], classes)
+        arrays = [np.ascontiguousarray(inputs[v.name]) for v in self.graph.inputs]
+        _, views = self._bind(batch)
+        outs = [np.empty(v.type.concrete(batch), dtype=v.type.np_dtype) for v in self.graph.outputs]
+        self.program.run(batch, arrays, views, outs, tuple(k.dispatcher for k in self.program.kernels))
+        if not self._reported:
+            self._reported = True
+            cache.report_new()
+        return outs
+
+    def source(self) -> str:
+        return self.program.source()
+
+
+def _label_inputs(graph: Graph) -> list[tuple[str, int]]:
+    """Graph inputs used as cross-entropy labels, with their class counts."""
+    inputs = {id(v): v for v in graph.inputs}
+    found = []
+
+    def scan(nodes):
+        for node in nodes:
+            if node.op in ("cross_entropy", "cross_entropy_backward"):
+                logits, target = node.inputs[-2], node.inputs[-1]
+                if id(target) in inputs:
+                    found.append((target.name, int(logits.shape[1])))
+            if node.region is not None:
+                scan(node.region.nodes)
+
+    scan(graph.nodes)
+    return found

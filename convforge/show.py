@@ -1,0 +1,40 @@
+"""What ``convforge show`` prints: a zoo model's IR after any pass, and its generated code."""
+
+from __future__ import annotations
+
+from convforge.backends import get_backend, resolve
+from convforge.errors import ConvforgeError
+from convforge.frontend.compile import FRONT_PIPELINE, compile, compile_train, trace_model
+from convforge.ir.graph import Graph
+from convforge.ir.types import TensorType
+from convforge.models import get_model
+from convforge.passes import PassManager, parse_pipeline
+
+
+def pipeline_for(backend: str | None, training: bool) -> str:
+    """The whole inference pipeline a backend runs: the front passes, then its own."""
+    module = get_backend(backend)
+    own = getattr(module, "PIPELINE_TRAINING" if training else "PIPELINE_INFERENCE", "")
+    return ",".join(p for p in (FRONT_PIPELINE, own) if p)
+
+
+def model_graph(name: str, *, after: str | None = None, training: bool = False, backend: str | None = None,
+                want_source: bool = False) -> tuple[Graph, str]:  # fmt: skip
+    """The IR of zoo model ``name`` (after pass ``after``, or after all passes) and its source."""
+    model, shape = get_model(name)
+    backend = resolve(backend)
+    if training:
+        if after is not None:
+            raise ConvforgeError("--after applies to the inference pipeline; the training program is shown whole")
+        step = compile_train(model, (None, *shape), backend=backend)
+        return step.graph(), step.source() if want_source else ""
+    if after is None:
+        net = compile(model, (None, *shape), backend=backend)
+        return net.graph, net.source() if want_source else ""
+    passes = parse_pipeline(pipeline_for(backend, training=False))
+    names = [p.name for p in passes]
+    if after not in names:
+        raise ConvforgeError(f"pass {after!r} is not in the {backend} pipeline: {', '.join(names)}")
+    graph, _ = trace_model(model, TensorType("f32", ("N", *shape)), training=False)
+    PassManager(passes[: names.index(after) + 1]).run(graph)
+    return graph, ""
