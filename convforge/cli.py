@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 SGD, 1e-3 Adam)")
+    t.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="learning-rate schedule")
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--backend", default=None, choices=list(BACKENDS), help="default: $CONVFORGE_BACKEND or numba-cpu")
@@ -75,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
     from convforge.training import TrainConfig, train
 
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-                         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, backend=args.backend,
+                         lr=args.lr, schedule=args.schedule, momentum=args.momentum, weight_decay=args.weight_decay, backend=args.backend,
                          augment=args.augment, seed=args.seed, out=args.out, limit=args.limit, data_path=args.data,
                          progress=not args.no_progress)  # fmt: skip
     result = train(config)

@@ -28,6 +28,7 @@ class TrainConfig:
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float | None = None  # None: 0.05 for SGD, 1e-3 for Adam
+    schedule: str = "cosine"  # "cosine" (per epoch, down to 5 % of lr) or "constant"
     momentum: float = 0.9
     weight_decay: float = 0.0
     backend: str | None = None
@@ -66,6 +67,16 @@ def make_optimizer(name: str, lr: float | None, momentum: float, weight_decay: f
     raise ConvforgeError(f"unknown optimizer {name!r}; expected sgd or adam")
 
 
+def scheduled_lr(base: float, epoch: int, epochs: int, schedule: str) -> float:
+    """The learning rate of ``epoch`` (1-based): constant, or cosine from ``base`` to 5 % of it."""
+    if schedule == "constant" or epochs <= 1:
+        return base
+    if schedule != "cosine":
+        raise ConvforgeError(f"unknown schedule {schedule!r}; expected cosine or constant")
+    progress = (epoch - 1) / (epochs - 1)
+    return base * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
 def accuracy(net: CompiledModel, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> tuple[float, np.ndarray]:
     """Top-1 accuracy and the predicted labels."""
     preds = np.concatenate([net(x[i : i + batch_size]).argmax(axis=1) for i in range(0, len(x), batch_size)])
@@ -100,8 +111,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     history: list[EpochRecord] = []
     weights = out / "weights.npz"
     interrupted = False
+    base_lr = step.lr
     try:
         for epoch in range(1, config.epochs + 1):
+            step.set_lr(scheduled_lr(base_lr, epoch, config.epochs, config.schedule))
             record = _run_epoch(step, net, loader, epoch, config, (x_train, y_train), (x_test, y_test))
             history.append(record)
             save(step, weights)

@@ -7,6 +7,7 @@ array given to a float32 model is therefore computed in float32.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -183,6 +184,18 @@ class TrainStep:
 
     def eval(self) -> TrainStep:
         return self.train(False)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.lr)
+
+    def set_lr(self, lr: float) -> None:
+        """Change the learning rate (a learning-rate schedule); the update program is rebuilt
+        on the next step, and kernels do not depend on the rate, so nothing recompiles."""
+        if float(lr) == self.lr:
+            return
+        self.optimizer = dataclasses.replace(self.optimizer, lr=float(lr))
+        self._programs = {key: prog for key, prog in self._programs.items() if key[0] != "train"}
 
     # -- running ------------------------------------------------------------------------
     def __call__(self, x: Any, y: Any) -> float:

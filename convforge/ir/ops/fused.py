@@ -80,3 +80,49 @@ def _(gy, argmax, kernel_size, stride, padding, dilation, ceil_mode, input_size)
         for j in range(kw):
             gxp[_tap(gxp, i, j, out_hw, stride, dilation)] += np.where(argmax == i * kw + j, gy, 0)
     return _crop(gxp, gy.shape[:2] + tuple(input_size), padding)
+
+
+# -- batch-norm folding (fold_batchnorm) -----------------------------------------------------------
+def _fold_scale(weight: np.ndarray, running_var: np.ndarray, eps: float) -> np.ndarray:
+    return weight / np.sqrt(running_var.astype(np.float64) + eps)
+
+
+bn_fold_weight = Op(
+    "bn_fold_weight", attrs={"eps": 1e-5},
+    doc="w * (bn_weight / sqrt(running_var + eps)) per output channel (dim 0 of w)",
+)  # fmt: skip
+
+
+@bn_fold_weight.shape
+def _(w, weight, running_var, eps):
+    if weight.shape != (w.shape[0],) or running_var.shape != (w.shape[0],):
+        raise ShapeError(f"expected batch-norm parameters of shape [{w.shape[0]}] for weight {w}, "
+                         f"got {weight} and {running_var}")
+    return w
+
+
+@bn_fold_weight.reference
+def _(w, weight, running_var, eps):
+    s = _fold_scale(weight, running_var, eps)
+    return (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
+
+
+bn_fold_bias = Op(
+    "bn_fold_bias", attrs={"eps": 1e-5},
+    doc="(bias - running_mean) * bn_weight / sqrt(running_var + eps) + bn_bias; bias optional (0)",
+)  # fmt: skip
+
+
+@bn_fold_bias.shape
+def _(weight, bn_bias, running_mean, running_var, *bias, eps):
+    for t in (bn_bias, running_mean, running_var, *bias):
+        if t.shape != weight.shape:
+            raise ShapeError(f"expected per-channel vectors of shape {list(weight.shape)}, got {t}")
+    return weight
+
+
+@bn_fold_bias.reference
+def _(weight, bn_bias, running_mean, running_var, *bias, eps):
+    s = _fold_scale(weight, running_var, eps)
+    b = bias[0] if bias else 0.0
+    return ((b - running_mean) * s + bn_bias).astype(weight.dtype)

@@ -162,3 +162,34 @@ def _emit_sequence(ctx, node, ins, outs) -> None:
         routs = outs if rnode is last else [ctx.temp(v) for v in rnode.outputs]
         LOWERINGS[rnode.op](ctx, rnode, rins, routs)
         prev = routs[0]
+
+
+@njit(cache=True)
+def bn_fold_weight(w, gamma, var, eps, out):
+    """out[o, :] = w[o, :] * gamma[o] / sqrt(var[o] + eps) (w flattened to [O, K])."""
+    for o in range(w.shape[0]):
+        s = gamma[o] / np.sqrt(np.float64(var[o]) + eps)
+        for k in range(w.shape[1]):
+            out[o, k] = w[o, k] * s
+
+
+@njit(cache=True)
+def bn_fold_bias(gamma, beta, mean, var, bias, has_bias, eps, out):
+    for o in range(gamma.shape[0]):
+        s = gamma[o] / np.sqrt(np.float64(var[o]) + eps)
+        b = bias[o] if has_bias else 0.0
+        out[o] = (b - mean[o]) * s + beta[o]
+
+
+@lowering("bn_fold_weight")
+def _(ctx, node, ins, outs):
+    k = ctx.static(bn_fold_weight, "bn_fold_weight")
+    o = node.inputs[0].shape[0]
+    ctx.line(f"{k}({ins[0]}.reshape({o}, -1), {ins[1]}, {ins[2]}, {node.attrs['eps']!r}, {outs[0]}.reshape({o}, -1))")
+
+
+@lowering("bn_fold_bias")
+def _(ctx, node, ins, outs):
+    k = ctx.static(bn_fold_bias, "bn_fold_bias")
+    bias = ins[4] if len(ins) > 4 else ins[0]
+    ctx.line(f"{k}({', '.join(ins[:4])}, {bias}, {len(ins) > 4}, {node.attrs['eps']!r}, {outs[0]})")

@@ -1,0 +1,183 @@
+"""Fuse conv2d/conv1d/linear -> [batch_norm] -> [activations] -> [pool] chains into ``fusion`` nodes.
+
+A chain grows while the current value has exactly one user, the next op of the pattern,
+and is not a graph output; the fusion node holds the chain as its region. In training the
+pre-pool activation is also read by the backward ops, so ``conv -> act -> max_pool2d``
+is fused differently: the forward region ends in ``max_pool2d_argmax`` (one byte per
+output instead of the full activation) and the backward pair ``max_pool2d_backward ->
+act_backward`` becomes ``act_backward(gy, y) -> max_pool2d_backward_argmax(., argmax)``.
+That reorder is exact because the activations are monotone: at a window's maximum the
+activation's derivative is a function of the pooled output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from convforge.backends import epilogue
+from convforge.ir.graph import Graph, Node, Value
+from convforge.passes.manager import Pass, register_pass
+
+PRODUCERS = ("conv2d", "conv1d", "linear")
+MONOTONE = {"relu": "relu_backward", "leaky_relu": "leaky_relu_backward", "sigmoid": "sigmoid_backward",
+            "tanh": "tanh_backward"}
+
+
+def _only_user(v: Value, graph: Graph) -> Node | None:
+    if len(v.users) != 1 or v in graph.outputs:
+        return None
+    user = v.users[0]
+    return user if user.inputs and user.inputs[0] is v and v not in user.inputs[1:] else None
+
+
+def _pool_ok(node: Node, training: bool) -> bool:
+    a = node.attrs
+    if node.op == "max_pool2d":
+        return tuple(a["dilation"]) == (1, 1) and a["kernel_size"][0] * a["kernel_size"][1] <= 256
+    if node.op == "avg_pool2d":
+        return not training and not any(a["padding"]) and not a["ceil_mode"] and a["divisor_override"] is None
+    return False
+
+
+def forward_chain(graph: Graph, producer: Node, training: bool) -> list[Node]:
+    """The longest fusable chain starting at ``producer`` (single-user links only)."""
+    chain = [producer]
+    stage = 0  # 0: after producer, 1: after bn, 2: after activations, 3: after pool
+    while True:
+        nxt = _only_user(chain[-1].outputs[0], graph) if len(chain[-1].outputs) == 1 else None
+        if nxt is None:
+            break
+        if nxt.op == "batch_norm" and stage == 0 and not training:
+            stage = 1
+        elif nxt.op in epilogue.UNARY and stage <= 2:
+            stage = 2
+        elif nxt.op in ("max_pool2d", "avg_pool2d") and stage <= 2 and producer.op == "conv2d" and _pool_ok(
+            nxt, training
+        ):
+            chain.append(nxt)
+            break
+        else:
+            break
+        chain.append(nxt)
+    return chain
+
+
+def _build_region(chain: list[Node], ops: list[tuple[str, dict]] | None = None) -> tuple[Graph, list[Value]]:
+    """A region graph copying ``chain`` (ops optionally renamed); returns it and its external inputs."""
+    region = Graph("region")
+    external: list[Value] = []
+    mapping: dict[int, Value] = {}
+    prev: Value | None = None
+    for i, node in enumerate(chain):
+        args = []
+        for j, v in enumerate(node.inputs):
+            if i > 0 and j == 0:
+                args.append(prev)
+                continue
+            if id(v) not in mapping:
+                mapping[id(v)] = region.add_input(region.fresh_name(_safe(v.name)), v.type)
+                external.append(v)
+            args.append(mapping[id(v)])
+        op, attrs = (node.op, dict(node.attrs)) if ops is None else ops[i]
+        out = region.create_node(op, args, attrs)
+        prev = out.outputs[0]
+    region.set_outputs(list(region.nodes[-1].outputs))
+    return region, external
+
+
+def _safe(name: str) -> str:
+    return "in_" + "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+
+
+def _emit_fusion(graph: Graph, chain: list[Node], region: Graph, external: list[Value], before: Node) -> Node:
+    with graph.inserting_before(before):
+        return graph.create_node(
+            "fusion", external, {}, {**chain[0].meta, "fused_from": [n.op for n in chain]},
+            output_types=[v.type for v in region.outputs], region=region,
+        )  # fmt: skip
+
+
+def _erase_chain(graph: Graph, nodes: list[Node]) -> None:
+    for node in reversed(nodes):
+        graph.erase(node)
+
+
+def _fuse_training_pool(graph: Graph, producer: Node) -> bool:
+    """conv -> act -> max_pool2d whose backward reads the activation: the argmax rewrite."""
+    z = producer.outputs[0]
+    act = _only_user(z, graph) if len(z.users) == 1 else None
+    if act is None or act.op not in MONOTONE:
+        return False
+    a = act.outputs[0]
+    pools = [u for u in a.users if u.op == "max_pool2d" and u.inputs[0] is a]
+    if len(pools) != 1 or not _pool_ok(pools[0], True) or a in graph.outputs:
+        return False
+    pool = pools[0]
+    others = [u for u in a.users if u is not pool]
+    pool_bwd = [u for u in others if u.op == "max_pool2d_backward" and u.inputs[1] is a]
+    if len(pool_bwd) != 1 or any(u.op != MONOTONE[act.op] for u in others if u is not pool_bwd[0]):
+        return False
+    pb = pool_bwd[0]
+    gp = pb.outputs[0]
+    act_bwd = [u for u in others if u is not pb]
+    if len(act_bwd) != 1 or gp in graph.outputs or gp.users != act_bwd or act_bwd[0].inputs[0] is not gp:
+        return False
+    ab = act_bwd[0]
+    if ab.inputs[1] is not a:
+        return False
+    # forward: producer -> act -> max_pool2d_argmax
+    pattrs = dict(pool.attrs)
+    region, external = _build_region(
+        [producer, act, pool], [(producer.op, dict(producer.attrs)), (act.op, dict(act.attrs)),
+                                ("max_pool2d_argmax", pattrs)]
+    )  # fmt: skip
+    fwd = _emit_fusion(graph, [producer, act, pool], region, external, pool)
+    y, argmax = fwd.outputs
+    graph.replace_all_uses_with(pool.outputs[0], y)
+    # backward: act_backward(gy, y) -> max_pool2d_backward_argmax(., argmax)
+    gy = pb.inputs[0]
+    bregion = Graph("region")
+    r_gy = bregion.add_input("gy", gy.type)
+    r_y = bregion.add_input("y", y.type)
+    r_am = bregion.add_input("argmax", argmax.type)
+    g1 = bregion.call(ab.op, r_gy, r_y, **dict(ab.attrs))
+    g2 = bregion.call("max_pool2d_backward_argmax", g1, r_am, input_size=tuple(a.shape[2:]), **pattrs)
+    bregion.set_outputs([g2])
+    with graph.inserting_before(ab):
+        bwd = graph.create_node(
+            "fusion", [gy, y, argmax], {}, {**ab.meta, "fused_from": [pb.op, ab.op]},
+            output_types=[g2.type], region=bregion,
+        )  # fmt: skip
+    graph.replace_all_uses_with(ab.outputs[0], bwd.outputs[0])
+    _erase_chain(graph, [ab, pb])
+    _erase_chain(graph, [producer, act, pool])
+    return True
+
+
+@register_pass
+@dataclass
+class Fuse(Pass):
+    """Producer + epilogue (+ pool) into one ``fusion`` node; ``training`` enables the argmax rewrite."""
+
+    name: ClassVar[str] = "fuse"
+    training: bool = False
+
+    def run(self, graph: Graph) -> bool:
+        changed = False
+        for node in list(graph.nodes):
+            if node.graph is None or node.op not in PRODUCERS:
+                continue
+            if self.training and node.op == "conv2d" and _fuse_training_pool(graph, node):
+                changed = True
+                continue
+            chain = forward_chain(graph, node, self.training)
+            if len(chain) < 2:
+                continue
+            region, external = _build_region(chain)
+            fused = _emit_fusion(graph, chain, region, external, chain[-1])
+            for old, new in zip(chain[-1].outputs, fused.outputs):
+                graph.replace_all_uses_with(old, new)
+            _erase_chain(graph, chain)
+            changed = True
+        return changed
