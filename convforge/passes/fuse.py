@@ -150,7 +150,7 @@ def _fuse_training_pool(graph: Graph, producer: Node) -> bool:
             output_types=[g2.type], region=bregion,
         )  # fmt: skip
     graph.replace_all_uses_with(ab.outputs[0], bwd.outputs[0])
-    _erase_chain(graph, [ab, pb])
+    _erase_chain(graph, [pb, ab])
     _erase_chain(graph, [producer, act, pool])
     return True
 
