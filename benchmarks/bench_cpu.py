@@ -43,6 +43,46 @@ def alternate(fns: dict, reps: int, inner: int = 5) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def bench_batch(cf, optim, torch, F, model, tmodel, batch: int, reps: int) -> list[tuple[str, float, float]]:
+    """Inference and one training step at ``batch``: (case, convforge s, torch s) rows."""
+    rows = []
+    x = np.random.rand(batch, 1, 28, 28).astype(np.float32)
+    y = np.random.randint(0, 10, batch).astype(np.int64)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="numba-cpu")
+    net(x)
+
+    def t_inf():
+        with torch.no_grad():
+            tmodel(tx)
+
+    r = alternate({"cf": lambda: net(x), "torch": t_inf}, reps)
+    rows.append((f"inference b{batch}", r["cf"], r["torch"]))
+    try:
+        step = cf.compile_train(
+            model,
+            input_shape=(None, 1, 28, 28),
+            loss="cross_entropy",
+            optimizer=optim.SGD(lr=0.01, momentum=0.9),
+            backend="numba-cpu",
+        )
+        step(x, y)
+        topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+
+        def t_train():
+            topt.zero_grad()
+            F.cross_entropy(tmodel(tx), ty).backward()
+            topt.step()
+
+        r = alternate({"cf": lambda: step(x, y), "torch": t_train}, reps)
+        rows.append((f"train step b{batch}", r["cf"], r["torch"]))
+    except Exception as exc:  # report, keep the inference rows
+        rows.append(
+            (f"train step b{batch} (failed: {type(exc).__name__}: {exc})", float("nan"), float("nan"))
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -60,33 +100,7 @@ def main() -> None:
     tmodel = lenet_torch()
     model = lenet_cf()
     for batch in [int(b) for b in args.batches.split(",")]:
-        x = np.random.rand(batch, 1, 28, 28).astype(np.float32)
-        y = np.random.randint(0, 10, batch).astype(np.int64)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="numba-cpu")
-        net(x)
-
-        def t_inf():
-            with torch.no_grad():
-                tmodel(tx)
-
-        r = alternate({"cf": lambda: net(x), "torch": t_inf}, args.reps)
-        rows.append((f"inference b{batch}", r["cf"], r["torch"]))
-        try:
-            step = cf.compile_train(model, input_shape=(None, 1, 28, 28), loss="cross_entropy",
-                                    optimizer=optim.SGD(lr=0.01, momentum=0.9), backend="numba-cpu")
-            step(x, y)
-            topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
-
-            def t_train():
-                topt.zero_grad()
-                F.cross_entropy(tmodel(tx), ty).backward()
-                topt.step()
-
-            r = alternate({"cf": lambda: step(x, y), "torch": t_train}, args.reps)
-            rows.append((f"train step b{batch}", r["cf"], r["torch"]))
-        except Exception as exc:  # report, keep the inference rows
-            rows.append((f"train step b{batch} (failed: {type(exc).__name__}: {exc})", float("nan"), float("nan")))
+        rows += bench_batch(cf, optim, torch, F, model, tmodel, batch, args.reps)
     print(f"| case ({args.threads} threads) | convforge ms | torch ms | ratio |")
     print("|---|---|---|---|")
     for name, a, b in rows:

@@ -31,7 +31,9 @@ _REPORTED: set[tuple[str, str]] = set()
 
 def cache_dir() -> Path:
     """Where kernel files go: ``$CONVFORGE_CACHE_DIR`` or ``~/.cache/convforge``."""
-    root = os.environ.get("CONVFORGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "convforge")
+    root = os.environ.get("CONVFORGE_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "convforge"
+    )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path

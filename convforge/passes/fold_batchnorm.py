@@ -35,9 +35,15 @@ class FoldBatchnorm(Pass):
             eps = node.attrs["eps"]
             with graph.inserting_before(conv):
                 w = graph.call("bn_fold_weight", conv.inputs[1], gamma, var, eps=eps, meta=conv.meta)
-                b = graph.call("bn_fold_bias", gamma, beta, mean, var, *conv.inputs[2:3], eps=eps, meta=conv.meta)
-                folded = graph.create_node(conv.op, [conv.inputs[0], w, b], dict(conv.attrs),
-                                           {**conv.meta, "fused_from": [conv.op, "batch_norm"]})
+                b = graph.call(
+                    "bn_fold_bias", gamma, beta, mean, var, *conv.inputs[2:3], eps=eps, meta=conv.meta
+                )
+                folded = graph.create_node(
+                    conv.op,
+                    [conv.inputs[0], w, b],
+                    dict(conv.attrs),
+                    {**conv.meta, "fused_from": [conv.op, "batch_norm"]},
+                )
             graph.replace_all_uses_with(node.outputs[0], folded.outputs[0])
             graph.erase(node)
             graph.erase(conv)

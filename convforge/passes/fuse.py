@@ -20,8 +20,12 @@ from convforge.ir.graph import Graph, Node, Value
 from convforge.passes.manager import Pass, register_pass
 
 PRODUCERS = ("conv2d", "conv1d", "linear")
-MONOTONE = {"relu": "relu_backward", "leaky_relu": "leaky_relu_backward", "sigmoid": "sigmoid_backward",
-            "tanh": "tanh_backward"}
+MONOTONE = {
+    "relu": "relu_backward",
+    "leaky_relu": "leaky_relu_backward",
+    "sigmoid": "sigmoid_backward",
+    "tanh": "tanh_backward",
+}
 
 
 def _only_user(v: Value, graph: Graph) -> Node | None:
@@ -52,8 +56,11 @@ def forward_chain(graph: Graph, producer: Node, training: bool) -> list[Node]:
             stage = 1
         elif nxt.op in epilogue.UNARY and stage <= 2:
             stage = 2
-        elif nxt.op in ("max_pool2d", "avg_pool2d") and stage <= 2 and producer.op == "conv2d" and _pool_ok(
-            nxt, training
+        elif (
+            nxt.op in ("max_pool2d", "avg_pool2d")
+            and stage <= 2
+            and producer.op == "conv2d"
+            and _pool_ok(nxt, training)
         ):
             chain.append(nxt)
             break

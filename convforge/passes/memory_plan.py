@@ -50,8 +50,11 @@ class MemoryPlan:
             f"({self.peak_bytes / max(self.naive_bytes, 1):.0%})"
         ]
         for slot, size in enumerate(self.slot_bytes):
-            users = [f"%{v.name}@[{self.interval[v.name][0]},{self.interval[v.name][1]}]"
-                     for v in self.values if self.slot_of[v.name] == slot]
+            users = [
+                f"%{v.name}@[{self.interval[v.name][0]},{self.interval[v.name][1]}]"
+                for v in self.values
+                if self.slot_of[v.name] == slot
+            ]
             lines.append(f"  buffer {slot}: {size:,} bytes <- {', '.join(users)}")
         return "\n".join(lines)
 

@@ -86,7 +86,11 @@ class NumbaCpuExecutable:
         batch = check_inputs(self.graph, inputs)
         for name, classes in self._labels:
             check_labels(name, inputs[name], classes)
-        arrays = [np.ascontiguousarray(inputs[v.name]) for v in self.graph.inputs]
+        # np.ascontiguousarray would turn a 0-d array (the step counter) into 1-d
+        arrays = [
+            a if a.flags.c_contiguous else np.ascontiguousarray(a)
+            for a in (inputs[v.name] for v in self.graph.inputs)
+        ]
         _, views = self._bind(batch)
         outs = [np.empty(v.type.concrete(batch), dtype=v.type.np_dtype) for v in self.graph.outputs]
         self.program.run(batch, arrays, views, outs, tuple(k.dispatcher for k in self.program.kernels))

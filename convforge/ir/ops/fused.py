@@ -73,8 +73,10 @@ def _(gy, argmax, input_size, **attrs):
 def _(gy, argmax, kernel_size, stride, padding, dilation, ceil_mode, input_size):
     out_hw = gy.shape[2:]
     need = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip(out_hw, stride, dilation, kernel_size)]
-    gxp = np.zeros(gy.shape[:2] + (max(need[0], input_size[0] + padding[0]), max(need[1], input_size[1] + padding[1])),
-                   dtype=gy.dtype)
+    gxp = np.zeros(
+        gy.shape[:2] + (max(need[0], input_size[0] + padding[0]), max(need[1], input_size[1] + padding[1])),
+        dtype=gy.dtype,
+    )
     kh, kw = kernel_size
     for i in range(kh):
         for j in range(kw):
@@ -96,8 +98,10 @@ bn_fold_weight = Op(
 @bn_fold_weight.shape
 def _(w, weight, running_var, eps):
     if weight.shape != (w.shape[0],) or running_var.shape != (w.shape[0],):
-        raise ShapeError(f"expected batch-norm parameters of shape [{w.shape[0]}] for weight {w}, "
-                         f"got {weight} and {running_var}")
+        raise ShapeError(
+            f"expected batch-norm parameters of shape [{w.shape[0]}] for weight {w}, "
+            f"got {weight} and {running_var}"
+        )
     return w
 
 

@@ -72,8 +72,9 @@ def _(ctx, node, ins, outs):
 def _(ctx, node, ins, outs):
     src, params = backward_source(node.op)
     k = ctx.generated(("backward", node.op), src, node.op)
-    ctx.line(f"{k}({ins[0]}.reshape(-1), {ins[1]}.reshape(-1), {outs[0]}.reshape(-1)"
-             f"{_attr_args(node, params)})")
+    ctx.line(
+        f"{k}({ins[0]}.reshape(-1), {ins[1]}.reshape(-1), {outs[0]}.reshape(-1){_attr_args(node, params)})"
+    )
 
 
 # -- softmax family: x seen as [outer, D, inner], reduced over D ----------------------------
@@ -141,4 +142,6 @@ def _(ctx, node, ins, outs):
     k = ctx.static(softmax_backward, "softmax_backward")
     y, dim = node.inputs[1], node.attrs["dim"]
     log = node.op == "log_softmax_backward"
-    ctx.line(f"{k}({as3(ctx, y, dim, ins[0])}, {as3(ctx, y, dim, ins[1])}, {log}, {as3(ctx, y, dim, outs[0])})")
+    ctx.line(
+        f"{k}({as3(ctx, y, dim, ins[0])}, {as3(ctx, y, dim, ins[1])}, {log}, {as3(ctx, y, dim, outs[0])})"
+    )

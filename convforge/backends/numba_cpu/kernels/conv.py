@@ -116,7 +116,7 @@ def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw
 
 
 # -- the generated forward kernel ---------------------------------------------------------
-_FORWARD = '''\
+_FORWARD = """\
 @njit(cache=True, parallel=True)
 def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, sh, sw, ph, pw, dh, dw, groups, ho, wo,
            pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am):
@@ -141,7 +141,7 @@ def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, sh, sw, ph, pw, dh, dw, groups, 
                 im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
                 r[g * og:(g + 1) * og] = np.dot(w2[g * og:(g + 1) * og], col)
 {store}
-'''
+"""
 
 _BN_PROLOGUE = """\
     bn_s = np.empty(O, dtype=x.dtype)
@@ -242,7 +242,7 @@ def conv_params(node: Node) -> tuple[int, ...]:
     """
     a = node.attrs
     if node.op.startswith("conv1d"):
-        (lo, _hi), = pad_pairs(a["padding"], 1)
+        ((lo, _hi),) = pad_pairs(a["padding"], 1)
         return (1, a["stride"][0], 0, lo, 1, a["dilation"][0], a["groups"])
     (pt, _pb), (pl, _pr) = pad_pairs(a["padding"], 2)
     return (a["stride"][0], a["stride"][1], pt, pl, a["dilation"][0], a["dilation"][1], a["groups"])
@@ -256,16 +256,30 @@ def as4d(ctx, value, expr: str) -> str:
     return expr
 
 
-def emit_forward(ctx, conv: Node, x: str, w: str, b: str | None, bn: list[str] | None, bn_eps: float,
-                 acts: list[tuple[str, dict]], pool: Node | None, y: str, am: str | None, out_value) -> None:
+def emit_forward(
+    ctx,
+    conv: Node,
+    x: str,
+    w: str,
+    b: str | None,
+    bn: list[str] | None,
+    bn_eps: float,
+    acts: list[tuple[str, dict]],
+    pool: Node | None,
+    y: str,
+    am: str | None,
+    out_value,
+) -> None:
     """Emit one fused conv kernel call (the conv, then BN, activations and pool from the region)."""
     pool_kind = "none"
     if pool is not None:
         pool_kind = "avg" if pool.op == "avg_pool2d" else ("max_argmax" if am else "max")
     key = ("conv", tuple((op, tuple(sorted(at.items()))) for op, at in acts), bn is not None, pool_kind)
     src = forward_source(acts, bn is not None, pool_kind)
-    pattern = " -> ".join([conv.op, *(["batch_norm"] if bn else []), *(op for op, _ in acts)]
-                          + ([pool.op] if pool is not None else []))
+    pattern = " -> ".join(
+        [conv.op, *(["batch_norm"] if bn else []), *(op for op, _ in acts)]
+        + ([pool.op] if pool is not None else [])
+    )
     k = ctx.generated(key, src, pattern)
     xin, win = conv.inputs[0], conv.inputs[1]
     x4 = as4d(ctx, xin, x)
@@ -276,8 +290,16 @@ def emit_forward(ctx, conv: Node, x: str, w: str, b: str | None, bn: list[str] |
     if pool is not None:
         pa = pool.attrs
         pt = pool.outputs[0].type
-        pk = (pa["kernel_size"][0], pa["kernel_size"][1], pa["stride"][0], pa["stride"][1],
-              pa["padding"][0], pa["padding"][1], pt.shape[2], pt.shape[3])
+        pk = (
+            pa["kernel_size"][0],
+            pa["kernel_size"][1],
+            pa["stride"][0],
+            pa["stride"][1],
+            pa["padding"][0],
+            pa["padding"][1],
+            pt.shape[2],
+            pt.shape[3],
+        )
     else:
         pk = (1, 1, 1, 1, 0, 0, ho, wo)
     bias = b if b is not None else ctx.zeros(cout.shape[1], cout.dtype)
@@ -293,8 +315,20 @@ def emit_forward(ctx, conv: Node, x: str, w: str, b: str | None, bn: list[str] |
 
 @lowering("conv2d", "conv1d")
 def _(ctx, node, ins, outs):
-    emit_forward(ctx, node, ins[0], ins[1], ins[2] if len(ins) > 2 else None, None, 0.0, [], None,
-                 outs[0], None, node.outputs[0])
+    emit_forward(
+        ctx,
+        node,
+        ins[0],
+        ins[1],
+        ins[2] if len(ins) > 2 else None,
+        None,
+        0.0,
+        [],
+        None,
+        outs[0],
+        None,
+        node.outputs[0],
+    )
 
 
 def _gy3(ctx, value, expr: str) -> str:
@@ -308,8 +342,10 @@ def _(ctx, node, ins, outs):
     sh, sw, ph, pw, dh, dw, groups = conv_params(node)
     k = ctx.static(conv2d_backward_input, "conv2d_backward_input")
     ho, wo = (1, gy.shape[2]) if gy.type.rank == 3 else (gy.shape[2], gy.shape[3])
-    ctx.line(f"{k}({_gy3(ctx, gy, ins[0])}, {as4d(ctx, w, ins[1])}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
-             f"{groups}, {ho}, {wo}, {as4d(ctx, node.outputs[0], outs[0])})")
+    ctx.line(
+        f"{k}({_gy3(ctx, gy, ins[0])}, {as4d(ctx, w, ins[1])}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
+        f"{groups}, {ho}, {wo}, {as4d(ctx, node.outputs[0], outs[0])})"
+    )
 
 
 @lowering("conv2d_backward_weight", "conv1d_backward_weight")
@@ -318,5 +354,7 @@ def _(ctx, node, ins, outs):
     sh, sw, ph, pw, dh, dw, groups = conv_params(node)
     ho, wo = (1, gy.shape[2]) if gy.type.rank == 3 else (gy.shape[2], gy.shape[3])
     k = ctx.static(conv2d_backward_weight, "conv2d_backward_weight")
-    ctx.line(f"{k}({as4d(ctx, x, ins[0])}, {_gy3(ctx, gy, ins[1])}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
-             f"{groups}, {ho}, {wo}, T, {as4d(ctx, node.outputs[0], outs[0])})")
+    ctx.line(
+        f"{k}({as4d(ctx, x, ins[0])}, {_gy3(ctx, gy, ins[1])}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
+        f"{groups}, {ho}, {wo}, T, {as4d(ctx, node.outputs[0], outs[0])})"
+    )

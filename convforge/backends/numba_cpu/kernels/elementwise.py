@@ -53,6 +53,10 @@ def reduce_middle(x, y):
         y[a, c] = acc
 
 
+def _as3(ctx, expr: str, shape, lo: int, hi: int) -> str:
+    return f"{expr}.reshape({_prod(ctx, shape[:lo])}, {_prod(ctx, shape[lo:hi])}, {_prod(ctx, shape[hi:])})"
+
+
 def _prod(ctx, dims) -> str:
     return " * ".join(str(ctx.dim(d)) for d in dims) or "1"
 
@@ -69,12 +73,12 @@ def _(ctx, node, ins, outs):
         # reduced dims around one contiguous kept block: [A (reduced), B (kept), C (reduced)]
         lo, hi = (kept[0], kept[-1] + 1) if kept else (rank, rank)
         k = ctx.static(reduce_outer, "reduce_outer")
-        x3 = f"{ins[0]}.reshape({_prod(ctx, shape[:lo])}, {_prod(ctx, shape[lo:hi])}, {_prod(ctx, shape[hi:])})"
+        x3 = _as3(ctx, ins[0], shape, lo, hi)
         ctx.line(f"{k}({x3}, {out}.reshape(-1))")
     elif dims == list(range(dims[0], dims[-1] + 1)):
         lo, hi = dims[0], dims[-1] + 1
         k = ctx.static(reduce_middle, "reduce_middle")
-        x3 = f"{ins[0]}.reshape({_prod(ctx, shape[:lo])}, {_prod(ctx, shape[lo:hi])}, {_prod(ctx, shape[hi:])})"
+        x3 = _as3(ctx, ins[0], shape, lo, hi)
         ctx.line(f"{k}({x3}, {out}.reshape({_prod(ctx, shape[:lo])}, {_prod(ctx, shape[hi:])}))")
     else:
         # scattered dims: NumPy's reduction writes straight into the planned buffer

@@ -56,7 +56,9 @@ def match_forward(region):
         if pool.op != "avg_pool2d" and tuple(pool.attrs["dilation"]) != (1, 1):
             return None
         if pool.op == "avg_pool2d" and (
-            any(pool.attrs["padding"]) or pool.attrs["ceil_mode"] or pool.attrs["divisor_override"] is not None
+            any(pool.attrs["padding"])
+            or pool.attrs["ceil_mode"]
+            or pool.attrs["divisor_override"] is not None
         ):
             return None
     if rest:
@@ -142,8 +144,9 @@ def _(ctx, node, ins, outs):
             linear.emit_forward(ctx, node, pins[0], pins[1], b, bn_args, eps, act_list, outs[0])
         else:
             am = outs[1] if pool is not None and pool.op == "max_pool2d_argmax" else None
-            conv.emit_forward(ctx, producer, pins[0], pins[1], b, bn_args, eps, act_list, pool, outs[0], am,
-                              node.outputs[0])
+            conv.emit_forward(
+                ctx, producer, pins[0], pins[1], b, bn_args, eps, act_list, pool, outs[0], am, node.outputs[0]
+            )
         return
     if _emit_backward(ctx, node, ins, outs):
         return
@@ -185,7 +188,8 @@ def bn_fold_bias(gamma, beta, mean, var, bias, has_bias, eps, out):
 def _(ctx, node, ins, outs):
     k = ctx.static(bn_fold_weight, "bn_fold_weight")
     o = node.inputs[0].shape[0]
-    ctx.line(f"{k}({ins[0]}.reshape({o}, -1), {ins[1]}, {ins[2]}, {node.attrs['eps']!r}, {outs[0]}.reshape({o}, -1))")
+    eps = node.attrs["eps"]
+    ctx.line(f"{k}({ins[0]}.reshape({o}, -1), {ins[1]}, {ins[2]}, {eps!r}, {outs[0]}.reshape({o}, -1))")
 
 
 @lowering("bn_fold_bias")

@@ -12,7 +12,7 @@ from numba import njit, prange
 from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.conv import epilogue_lines
 
-_FORWARD = '''\
+_FORWARD = """\
 import math
 
 import numpy as np
@@ -38,7 +38,7 @@ def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, nt, y):
 {bn_load}
 {epi}
                     y[n0 + i, o] = v
-'''
+"""
 
 _BN_PROLOGUE = """\
     bn_s = np.empty(O, dtype=x.dtype)
@@ -59,8 +59,17 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool) -> str:
     )
 
 
-def emit_forward(ctx, node, x: str, w: str, b: str | None, bn: list[str] | None, bn_eps: float,
-                 acts: list[tuple[str, dict]], y: str) -> None:
+def emit_forward(
+    ctx,
+    node,
+    x: str,
+    w: str,
+    b: str | None,
+    bn: list[str] | None,
+    bn_eps: float,
+    acts: list[tuple[str, dict]],
+    y: str,
+) -> None:
     key = ("linear", tuple((op, tuple(sorted(at.items()))) for op, at in acts), bn is not None)
     pattern = " -> ".join(["linear", *(["batch_norm"] if bn else []), *(op for op, _ in acts)])
     k = ctx.generated(key, forward_source(acts, bn is not None), pattern)
@@ -128,7 +137,11 @@ def matmul_tt(a, b, c, nt):
 @lowering("matmul")
 def _(ctx, node, ins, outs):
     ta, tb = node.attrs["transpose_a"], node.attrs["transpose_b"]
-    fn = {(False, False): matmul_nn, (False, True): matmul_nt, (True, False): matmul_tn,
-          (True, True): matmul_tt}[(ta, tb)]
+    fn = {
+        (False, False): matmul_nn,
+        (False, True): matmul_nt,
+        (True, False): matmul_tn,
+        (True, True): matmul_tt,
+    }[(ta, tb)]
     k = ctx.static(fn, fn.__name__)
     ctx.line(f"{k}({ins[0]}, {ins[1]}, {outs[0]}, T)")

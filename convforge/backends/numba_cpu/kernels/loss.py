@@ -93,5 +93,7 @@ def _(ctx, node, ins, outs):
 @lowering("mse_loss_backward")
 def _(ctx, node, ins, outs):
     k = ctx.static(mse_loss_backward, "mse_loss_backward")
-    ctx.line(f"{k}({ins[0]}.reshape(1), {ins[1]}.reshape(-1), {ins[2]}.reshape(-1), {_mean(node)}, "
-             f"{outs[0]}.reshape(-1))")
+    ctx.line(
+        f"{k}({ins[0]}.reshape(1), {ins[1]}.reshape(-1), {ins[2]}.reshape(-1), {_mean(node)}, "
+        f"{outs[0]}.reshape(-1))"
+    )

@@ -124,8 +124,9 @@ def _as3(ctx, value, expr: str) -> str:
 def _(ctx, node, ins, outs):
     k = ctx.static(batch_norm, "batch_norm")
     x = node.inputs[0]
-    ctx.line(f"{k}({_as3(ctx, x, ins[0])}, {', '.join(ins[1:])}, {node.attrs['eps']!r}, "
-             f"{_as3(ctx, x, outs[0])})")
+    ctx.line(
+        f"{k}({_as3(ctx, x, ins[0])}, {', '.join(ins[1:])}, {node.attrs['eps']!r}, {_as3(ctx, x, outs[0])})"
+    )
 
 
 @lowering("batch_norm_train")
@@ -133,29 +134,37 @@ def _(ctx, node, ins, outs):
     k = ctx.static(batch_norm_train, "batch_norm_train")
     x = node.inputs[0]
     a = node.attrs
-    ctx.line(f"{k}({_as3(ctx, x, ins[0])}, {', '.join(ins[1:])}, {a['eps']!r}, {a['momentum']!r}, "
-             f"{_as3(ctx, x, outs[0])}, {', '.join(outs[1:])})")
+    ctx.line(
+        f"{k}({_as3(ctx, x, ins[0])}, {', '.join(ins[1:])}, {a['eps']!r}, {a['momentum']!r}, "
+        f"{_as3(ctx, x, outs[0])}, {', '.join(outs[1:])})"
+    )
 
 
 @lowering("batch_norm_backward")
 def _(ctx, node, ins, outs):
     k = ctx.static(batch_norm_backward, "batch_norm_backward")
     x = node.inputs[1]
-    ctx.line(f"{k}({_as3(ctx, x, ins[0])}, {_as3(ctx, x, ins[1])}, {', '.join(ins[2:])}, "
-             f"{_as3(ctx, x, outs[0])}, {outs[1]}, {outs[2]})")
+    ctx.line(
+        f"{k}({_as3(ctx, x, ins[0])}, {_as3(ctx, x, ins[1])}, {', '.join(ins[2:])}, "
+        f"{_as3(ctx, x, outs[0])}, {outs[1]}, {outs[2]})"
+    )
 
 
 @lowering("batch_norm_eval_backward")
 def _(ctx, node, ins, outs):
     k = ctx.static(batch_norm_eval_backward, "batch_norm_eval_backward")
     x = node.inputs[1]
-    ctx.line(f"{k}({_as3(ctx, x, ins[0])}, {_as3(ctx, x, ins[1])}, {', '.join(ins[2:])}, "
-             f"{node.attrs['eps']!r}, {_as3(ctx, x, outs[0])}, {outs[1]}, {outs[2]})")
+    ctx.line(
+        f"{k}({_as3(ctx, x, ins[0])}, {_as3(ctx, x, ins[1])}, {', '.join(ins[2:])}, "
+        f"{node.attrs['eps']!r}, {_as3(ctx, x, outs[0])}, {outs[1]}, {outs[2]})"
+    )
 
 
 @lowering("dropout", "dropout_backward")
 def _(ctx, node, ins, outs):
     k = ctx.static(dropout, "dropout")
     a = node.attrs
-    ctx.line(f"{k}({ins[0]}.reshape(-1), int({ins[1]}), {float(a['p'])!r}, {int(a['seed'])}, "
-             f"{outs[0]}.reshape(-1))")
+    ctx.line(
+        f"{k}({ins[0]}.reshape(-1), int({ins[1]}), {float(a['p'])!r}, {int(a['seed'])}, "
+        f"{outs[0]}.reshape(-1))"
+    )

@@ -48,13 +48,17 @@ def _flat(names: list[str]) -> str:
 def _(ctx, node, ins, outs):
     k = ctx.static(sgd_update, "sgd_update")
     a = node.attrs
-    ctx.line(f"{k}({_flat(ins[:3])}, int({ins[3]}), {a['lr']!r}, {a['momentum']!r}, {a['dampening']!r}, "
-             f"{bool(a['nesterov'])}, {a['weight_decay']!r}, {_flat(outs)})")
+    ctx.line(
+        f"{k}({_flat(ins[:3])}, int({ins[3]}), {a['lr']!r}, {a['momentum']!r}, {a['dampening']!r}, "
+        f"{bool(a['nesterov'])}, {a['weight_decay']!r}, {_flat(outs)})"
+    )
 
 
 @lowering("adam_update")
 def _(ctx, node, ins, outs):
     k = ctx.static(adam_update, "adam_update")
     a = node.attrs
-    ctx.line(f"{k}({_flat(ins[:4])}, int({ins[4]}), {a['lr']!r}, {a['beta1']!r}, {a['beta2']!r}, "
-             f"{a['eps']!r}, {a['weight_decay']!r}, {_flat(outs)})")
+    ctx.line(
+        f"{k}({_flat(ins[:4])}, int({ins[4]}), {a['lr']!r}, {a['beta1']!r}, {a['beta2']!r}, "
+        f"{a['eps']!r}, {a['weight_decay']!r}, {_flat(outs)})"
+    )
