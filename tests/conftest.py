@@ -26,7 +26,7 @@ def rng() -> np.random.Generator:
 
 
 #: every backend the shared test tables run on (numba-cuda runs in its own suite)
-BACKENDS = ["reference"]
+BACKENDS = ["reference", "numba-cpu"]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -53,7 +53,7 @@ def load_cuda() -> tuple[ModuleType, bool]:
             f"the numba-cuda backend needs the numba-cuda package ({exc}); install it with "
             "`pip install numba-cuda[cu12]` (or `pip install convforge[cuda]`)"
         ) from None
-    simulate = cuda.jit.__module__.startswith("numba.cuda.simulator")
+    simulate = is_simulator(cuda)
     if not simulate and not gpu_available(cuda):
         late = (
             " (NUMBA_ENABLE_CUDASIM is set, but numba.cuda was imported before it was: set it "
@@ -67,6 +67,11 @@ def load_cuda() -> tuple[ModuleType, bool]:
             f"on Numba's CUDA simulator (slow; meant for tests with tiny shapes){late}"
         )
     return cuda, simulate
+
+
+def is_simulator(cuda: ModuleType) -> bool:
+    """Whether ``numba.cuda`` is Numba's simulator (kernels run as Python threads)."""
+    return cuda.jit.__module__.startswith("numba.cuda.simulator")
 
 
 def gpu_available(cuda: ModuleType) -> bool:

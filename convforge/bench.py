@@ -1,0 +1,212 @@
+"""``convforge bench``: convforge's numba-cpu backend against PyTorch eager, in one run.
+
+Rows: LeNet-5 inference and training step (SGD momentum, cross-entropy) at batch 64 and
+256; the fused conv+bias+ReLU+pool kernel against convforge's own unfused sequence; a
+training epoch on the bundled MNIST; cold compile (empty caches, new process) and warm
+start (new process, filled caches: import + compile + first step). Calls alternate with
+the peer in short blocks and the table reports medians, because this kind of VM has
+stall phases of a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from convforge.errors import ConvforgeError
+
+Row = tuple[str, float, float, str]  # case, convforge seconds, peer seconds, peer name
+
+
+def alternate(fns: dict[str, Callable[[], object]], reps: int, inner: int = 5) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating blocks of ``inner`` calls."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                f()
+            times[k].append((time.perf_counter() - start) / inner)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def run_benchmarks(quick: bool = False, threads: int = 2) -> str:
+    """Run every row and return the markdown table."""
+    try:
+        import torch
+    except ImportError:
+        raise ConvforgeError("convforge bench compares against PyTorch: pip install torch==2.13.0") from None
+    torch.set_num_threads(threads)
+    reps = 8 if quick else 30
+    rows: list[Row] = []
+    for batch in (64, 256):
+        rows += _lenet_rows(torch, batch, reps)
+    rows.append(_fused_row(reps))
+    rows.append(_epoch_row(torch, 1 if quick else 3))
+    rows += _startup_rows(threads)
+    return _table(rows, threads)
+
+
+# -- rows ---------------------------------------------------------------------------------
+def _lenet_rows(torch, batch: int, reps: int) -> list[Row]:
+    import convforge as cf
+    from convforge.models import lenet5
+
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    model = lenet5()
+    twin = _torch_lenet(torch, model)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    net = cf.compile(model, (None, 1, 28, 28), backend="numba-cpu")
+    net(x)
+
+    def torch_inference():
+        with torch.no_grad():
+            twin(tx)
+
+    r = alternate({"cf": lambda: net(x), "torch": torch_inference}, reps)
+    rows: list[Row] = [(f"LeNet-5 inference, batch {batch}", r["cf"], r["torch"], "torch eager")]
+
+    step = cf.compile_train(model, (None, 1, 28, 28), optimizer=cf.optim.SGD(lr=0.01, momentum=0.9),
+                            backend="numba-cpu")  # fmt: skip
+    step(x, y)
+    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
+
+    def torch_step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(twin(tx), ty).backward()
+        opt.step()
+
+    r = alternate({"cf": lambda: step(x, y), "torch": torch_step}, reps)
+    rows.append((f"LeNet-5 training step, batch {batch}", r["cf"], r["torch"], "torch eager"))
+    return rows
+
+
+def _fused_row(reps: int) -> Row:
+    """conv2d(6->16, k5) + bias + ReLU + max-pool 2x2 on 64x6x14x14: fused kernel vs unfused sequence."""
+    from convforge import nn
+    from convforge.backends import numba_cpu
+    from convforge.frontend.compile import trace_model
+    from convforge.ir.types import TensorType
+
+    model = nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+    graph, _ = trace_model(model, TensorType("f32", ("N", 6, 14, 14)), training=False)
+    fused = numba_cpu.compile_graph(graph)
+    unfused = numba_cpu.compile_graph(graph, pipeline="dce")
+    assert any(n.op == "fusion" for n in fused.graph.nodes)
+    x = np.random.default_rng(0).random((64, 6, 14, 14), dtype=np.float32)
+    inputs = {"x": x, **model.state_dict()}
+    np.testing.assert_allclose(fused.run(inputs)[0], unfused.run(inputs)[0], rtol=1e-4, atol=1e-5)
+    r = alternate({"fused": lambda: fused.run(inputs), "unfused": lambda: unfused.run(inputs)}, reps)
+    return ("conv+bias+ReLU+maxpool, fused vs unfused (batch 64)", r["fused"], r["unfused"], "convforge unfused")
+
+
+def _epoch_row(torch, epochs: int) -> Row:
+    """One epoch of LeNet-5 SGD training on the bundled 4,000 images, batch 64 (median of ``epochs``)."""
+    import convforge as cf
+    from convforge.data import DataLoader
+    from convforge.models import lenet5
+
+    (x, y), _ = cf.data.mnist()
+    model = lenet5()
+    twin = _torch_lenet(torch, model)
+    step = cf.compile_train(model, (None, 1, 28, 28), optimizer=cf.optim.SGD(lr=0.05, momentum=0.9),
+                            backend="numba-cpu")  # fmt: skip
+    step.warmup(x[:64], y[:64])
+    opt = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
+    loader = DataLoader(x, y, 64, seed=0)
+    batches = [(xb, yb, torch.from_numpy(xb), torch.from_numpy(yb)) for xb, yb in loader]
+
+    def ours():
+        for xb, yb, _, _ in batches:
+            step(xb, yb)
+
+    def theirs():
+        for _, _, txb, tyb in batches:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(twin(txb), tyb).backward()
+            opt.step()
+
+    r = alternate({"cf": ours, "torch": theirs}, epochs, inner=1)
+    return ("LeNet-5 training epoch, 4,000 images, batch 64", r["cf"], r["torch"], "torch eager")
+
+
+_STARTUP = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import convforge as cf
+from convforge.backends import cache
+from convforge.models import lenet5
+x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+y = np.arange(64) % 10
+step = cf.compile_train(lenet5(), (None, 1, 28, 28), optimizer=cf.optim.SGD(lr=0.01, momentum=0.9),
+                        backend="numba-cpu")
+step(x, y)
+t1 = time.perf_counter()
+net = step.inference()
+net(x)
+t2 = time.perf_counter()
+print(json.dumps({"train": t1 - t0, "total": t2 - t0, "stats": cache.stats()}))
+"""
+
+
+def _startup_rows(threads: int) -> list[Row]:
+    """Cold compile (empty caches) and warm start (filled caches), each in a new process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "CONVFORGE_CACHE_DIR": tmp, "NUMBA_CACHE_DIR": os.path.join(tmp, "numba"),
+               "NUMBA_NUM_THREADS": str(threads)}  # fmt: skip
+        env.pop("CONVFORGE_DEBUG", None)
+        cold = _run_startup(env)
+        warm = _run_startup(env)
+    nan = float("nan")
+    return [
+        ("cold compile: import + LeNet-5 training program + first step (empty cache)", cold["train"], nan, ""),
+        ("cold compile incl. the inference program", cold["total"], nan, ""),
+        ("warm start: new process, import + load + first step", warm["train"], nan, ""),
+        ("warm start incl. the inference program", warm["total"], nan, ""),
+    ]
+
+
+def _run_startup(env: dict[str, str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _STARTUP], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ConvforgeError(f"startup benchmark failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _torch_lenet(torch, model):
+    tnn = torch.nn
+    twin = tnn.Sequential(
+        tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
+        tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(), tnn.Linear(84, 10),
+    )  # fmt: skip
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    return twin
+
+
+def _table(rows: list[Row], threads: int) -> str:
+    lines = [
+        f"| case ({threads} threads) | convforge | peer | peer time | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for name, ours, theirs, peer in rows:
+        if np.isnan(theirs):
+            lines.append(f"| {name} | {_fmt(ours)} | | | |")
+        else:
+            lines.append(f"| {name} | {_fmt(ours)} | {peer} | {_fmt(theirs)} | {ours / theirs:.2f} |")
+    return "\n".join(lines)
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
