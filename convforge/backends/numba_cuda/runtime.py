@@ -250,10 +250,14 @@ class _Bound:
                     self.arrays[id(out)] = src.reshape(_storage(out, batch))
                 elif id(out) not in self.arrays:  # a graph output: its own buffer
                     self.arrays[id(out)] = cuda.device_array(_storage(out, batch), out.type.np_dtype)
-        self.calls = [
-            (launch.kernel[launch.grid, launch.block], tuple(self._resolve(a) for a in launch.args))
-            for launch in program.launches
-        ]
+        self.calls = []
+        for launch in program.launches:
+            args = tuple(self._resolve(a) for a in launch.args)
+            kernel = launch.kernel
+            if not exe.simulate:
+                # compile now for these argument types: a launch then skips Numba's per-call typing
+                kernel = kernel.specialize(*args)
+            self.calls.append((kernel[launch.grid, launch.block], args))
 
     def _resolve(self, arg: Any) -> Any:
         if isinstance(arg, Value):

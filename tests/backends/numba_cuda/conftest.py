@@ -1,8 +1,9 @@
-"""The numba-cuda tests run on Numba's CUDA simulator unless a GPU is present.
+"""The numba-cuda tests run on Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 
-``NUMBA_ENABLE_CUDASIM`` must be set before ``numba.cuda`` is first imported; numba itself
-may already be imported by other test modules, which is fine: the backend re-reads
-numba's configuration (``runtime.load_cuda``) before importing ``numba.cuda``.
+On a GPU machine run them on the hardware with ``NUMBA_ENABLE_CUDASIM=0``. The variable
+must take effect before ``numba.cuda`` is first imported; ``numba`` itself may already be
+imported by other test modules, so ``load_cuda`` (which re-reads numba's configuration)
+imports ``numba.cuda`` here, at collection, before any test can.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+from convforge.backends.numba_cuda.runtime import load_cuda  # noqa: E402
+
+load_cuda()
 
 from convforge.backends.reference import run_graph  # noqa: E402
 from convforge.ir.graph import Graph  # noqa: E402
@@ -44,8 +49,15 @@ def random_inputs(graph: Graph, rng: np.random.Generator, batch: int = BATCH) ->
     return out
 
 
-def assert_matches_reference(graph: Graph, inputs: dict[str, np.ndarray], *, pipeline: str | None = "",
-                             rtol: float = 1e-4, atol: float = 1e-5, training: bool = False) -> list[np.ndarray]:  # fmt: skip
+def assert_matches_reference(
+    graph: Graph,
+    inputs: dict[str, np.ndarray],
+    *,
+    pipeline: str | None = "",
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    training: bool = False,
+) -> list[np.ndarray]:
     """Compile ``graph`` on numba-cuda (no passes unless ``pipeline``) and compare with the reference."""
     from convforge.backends.numba_cuda import compile_graph
 
@@ -71,4 +83,6 @@ def cuda_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def cu() -> SimpleNamespace:
     """The helpers above, for test modules (conftest is not importable by name)."""
-    return SimpleNamespace(op_graph=op_graph, inputs=random_inputs, check=assert_matches_reference, batch=BATCH)
+    return SimpleNamespace(
+        op_graph=op_graph, inputs=random_inputs, check=assert_matches_reference, batch=BATCH
+    )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import convforge as cf
-import convforge.functional as F
+from convforge import functional as F
 from convforge import nn, optim
 from convforge.backends import numba_cuda
 from convforge.backends.numba_cuda import codegen, kernels, runtime
@@ -71,9 +71,12 @@ def test_fused_linear_epilogue(cu, rng):
 
 def _small_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 3, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(27, 4),
-    )  # fmt: skip
+        nn.Conv2d(1, 3, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(27, 4),
+    )
 
 
 def test_compiled_model_forward(rng):
@@ -106,9 +109,14 @@ def test_training_gradients_match_reference(rng):
 
 def test_training_gradients_batchnorm_dropout(rng):
     model = nn.Sequential(
-        nn.Conv2d(2, 2, kernel_size=3, stride=2, padding=1), nn.BatchNorm2d(2), nn.Tanh(),
-        nn.Flatten(), nn.Dropout(0.4), nn.Linear(18, 3), nn.LogSoftmax(dim=1),
-    )  # fmt: skip
+        nn.Conv2d(2, 2, kernel_size=3, stride=2, padding=1),
+        nn.BatchNorm2d(2),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Dropout(0.4),
+        nn.Linear(18, 3),
+        nn.LogSoftmax(dim=1),
+    )
     x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
     _assert_same_gradients(model, x, rng.standard_normal((2, 3)).astype(np.float32), loss="mse")
 
@@ -148,7 +156,7 @@ def _exe_and_inputs(rng):
 
 
 def test_device_arrays_in_device_arrays_out(rng):
-    from numba import cuda
+    cuda, _ = runtime.load_cuda()
 
     exe, graph, arrays = _exe_and_inputs(rng)
     host = exe.run(arrays)[0]
@@ -162,7 +170,7 @@ def test_device_arrays_in_device_arrays_out(rng):
 
 
 def test_run_device_keeps_inputs_resident_and_feeds_back(rng):
-    from numba import cuda
+    cuda, _ = runtime.load_cuda()
 
     g = Graph("acc")
     x = g.add_input("x", TensorType("f32", ("N", 3)))
