@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+# numba-cuda tests run on Numba's CUDA simulator unless a GPU run asks otherwise
+# (NUMBA_ENABLE_CUDASIM=0); it must be set before numba.cuda is first imported
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci",
@@ -25,7 +29,8 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-#: every backend the shared test tables run on (numba-cuda runs in its own suite)
+#: every backend the shared test tables run on; numba-cuda runs its own suite with tiny
+#: shapes (the simulator runs each thread in Python) and joins the cross-backend suite
 BACKENDS = ["reference", "numba-cpu"]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,10 @@ class ParamStore:
     def __init__(self, arrays: Mapping[str, np.ndarray], trainable: Sequence[str]):
         self.arrays: OrderedDict[str, np.ndarray] = OrderedDict(arrays)
         self.trainable = list(trainable)
+        #: brings ``arrays`` up to date when a device holds newer values (numba-cuda training)
+        self.sync: Callable[[], None] = _nothing
+        #: tells the owner that ``arrays`` changed on the host (device copies are stale)
+        self.changed: Callable[[], None] = _nothing
 
     @classmethod
     def from_model(cls, model: Module, dtype: str) -> ParamStore:
@@ -90,13 +94,20 @@ class ParamStore:
         return cls(arrays, [k for k, _ in model.named_parameters()])
 
     def state_dict(self, keys: Sequence[str] | None = None) -> OrderedDict[str, np.ndarray]:
+        self.sync()
         keys = list(self.arrays) if keys is None else keys
         return OrderedDict((k, self.arrays[k].copy()) for k in keys)
 
     def load(self, state_dict: Mapping[str, Any], keys: Sequence[str], owner: str) -> None:
+        self.sync()
         targets = {k: self.arrays[k] for k in keys}
         for key, arr in check_state_dict(targets, state_dict, owner).items():
             np.copyto(self.arrays[key], arr, casting="unsafe")
+        self.changed()
+
+
+def _nothing() -> None:
+    return None
 
 
 # =========================================================================================
@@ -129,6 +140,7 @@ class CompiledModel:
 
     def __call__(self, x: Any) -> np.ndarray:
         arr = check_input(x, self.input_type, self.name)
+        self._store.sync()
         inputs = {v.name: self._store.arrays[v.name] for v in self._graph.inputs if v.name != "x"}
         inputs["x"] = arr
         return self._executable.run(inputs)[0]
@@ -176,6 +188,12 @@ class TrainStep:
         self.training = True
         self._programs: dict[tuple[str, bool], _Program] = {}
         self._output_type = _probe_output(model, self.input_type)
+        # numba-cuda keeps the weights on the device between steps: which program's device
+        # buffers hold the current weights, and which holds weights newer than the host's
+        self._resident: set[tuple[str, bool]] = set()
+        self._device_newer: tuple[str, bool] | None = None
+        self._store.sync = self._sync_host
+        self._store.changed = self._resident.clear
 
     # -- modes --------------------------------------------------------------------------
     def train(self, mode: bool = True) -> TrainStep:
@@ -194,6 +212,7 @@ class TrainStep:
         on the next step, and kernels do not depend on the rate, so nothing recompiles."""
         if float(lr) == self.lr:
             return
+        self._sync_host()
         self.optimizer = dataclasses.replace(self.optimizer, lr=float(lr))
         self._programs = {key: prog for key, prog in self._programs.items() if key[0] != "train"}
 
@@ -201,11 +220,14 @@ class TrainStep:
     def __call__(self, x: Any, y: Any) -> float:
         """One optimisation step on the batch; returns the batch-mean loss."""
         program = self._program("train")
-        outputs = self._run(program, x, y, step=self.steps + 1)
-        loss = float(outputs[0])
-        for (role, key), value in zip(program.roles, outputs):
-            if role == "store":
-                np.copyto(self._store.arrays[key], value)
+        if hasattr(program.executable, "run_device"):
+            loss = self._step_on_device(program, x, y)
+        else:
+            outputs = self._run(program, x, y, step=self.steps + 1)
+            loss = float(outputs[0])
+            for (role, key), value in zip(program.roles, outputs):
+                if role == "store":
+                    np.copyto(self._store.arrays[key], value)
         self.steps += 1
         if self.training:
             for key, arr in self._store.arrays.items():
@@ -215,16 +237,47 @@ class TrainStep:
 
     def warmup(self, x: Any, y: Any) -> None:
         """Compile (and run once) the training program, then restore every weight and buffer."""
+        self._sync_host()
         saved = {k: v.copy() for k, v in self._store.arrays.items()}
         steps = self.steps
         self(x, y)
+        self._sync_host()
         for key, value in saved.items():
             np.copyto(self._store.arrays[key], value)
+        self._resident.clear()
         self.steps = steps
+
+    def _step_on_device(self, program: _Program, x: Any, y: Any) -> float:
+        """One step whose weights, optimizer state and statistics stay on the device."""
+        key = ("train", self.training)
+        if self._device_newer not in (None, key):
+            self._sync_host()
+        arr = check_input(x, self.input_type, self.name)
+        inputs: dict[str, Any] = {"x": arr, "target": self._check_target(y, arr.shape[0]),
+                                  "step": np.asarray(self.steps + 1, dtype=np.int64)}  # fmt: skip
+        if key not in self._resident:
+            inputs.update((v.name, self._store.arrays[v.name]) for v in program.graph.inputs if v.name not in inputs)
+        feedback = {i: name for i, (role, name) in enumerate(program.roles) if role == "store"}
+        (loss,) = program.executable.run_device(inputs, fetch=[0], feedback=feedback)
+        self._resident.clear()
+        self._resident.add(key)
+        self._device_newer = key
+        return float(np.asarray(loss.copy_to_host()))
+
+    def _sync_host(self) -> None:
+        """Copy weights that training left on the device back into the host store."""
+        if self._device_newer is None:
+            return
+        program = self._programs[self._device_newer]
+        for role, name in program.roles:
+            if role == "store":
+                np.copyto(self._store.arrays[name], program.executable.read_input(name))
+        self._device_newer = None
 
     def gradients(self, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients (by parameter name, plus ``"input"``) without any update."""
         program = self._program("grad")
+        self._sync_host()
         outputs = self._run(program, x, y, step=self.steps + 1)
         grads = {}
         for (role, key), value in zip(program.roles, outputs):

@@ -216,6 +216,13 @@ class NumbaCudaExecutable:
         self._last_batch = batch
         return self._bound[batch]
 
+    def read_input(self, name: str) -> np.ndarray:
+        """A host copy of the resident buffer of batch-free input ``name`` (e.g. a trained weight)."""
+        if name not in self._static_inputs:
+            raise ConvforgeError(f"graph @{self.graph.name} holds no resident buffer for input %{name}")
+        value = self.graph.input(name)
+        return self._static_inputs[name].copy_to_host().reshape(value.type.concrete(1))
+
     def input_buffer(self, value: Value, batch: int) -> Any:
         """The resident device buffer of graph input ``value`` (shared across batches if static)."""
         shape = value.type.concrete(batch) or (1,)

@@ -229,3 +229,34 @@ def test_source_names_the_ir_and_batch_size_compiles_nothing_new(rng):
     assert "conv2d" in source and "max_pool2d" in source and "%" in source  # names the node it implements
     assert exe._bound_for(2).program.files.keys() == exe._bound_for(5).program.files.keys()
     assert isinstance(codegen.SIMULATOR, codegen.Geometry)
+
+
+def test_training_keeps_weights_on_the_device_between_steps(rng, monkeypatch):
+    model = _small_cnn()
+    x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    y = np.array([0, 2])
+    ref = cf.compile_train(model, (None, 1, 6, 6), optimizer=optim.SGD(lr=0.1, momentum=0.9), backend="reference")
+    step = cf.compile_train(model, (None, 1, 6, 6), optimizer=optim.SGD(lr=0.1, momentum=0.9), backend="numba-cuda")
+    net = step.inference()
+    step(x, y)
+    ref(x, y)
+    exe = step._program("train").executable
+    loaded = []
+    original = type(exe).run_device
+
+    def spy(self, inputs=None, **kw):
+        loaded.append(sorted(inputs or {}))
+        return original(self, inputs, **kw)
+
+    monkeypatch.setattr(type(exe), "run_device", spy)
+    step(x, y)
+    ref(x, y)
+    assert loaded == [["step", "target", "x"]]  # weights and optimizer state stayed resident
+    np.testing.assert_allclose(net(x), ref.inference()(x), **TOL)  # the shared model sees the new weights
+    step.set_lr(0.05)
+    ref.set_lr(0.05)
+    step.load_state_dict(ref.state_dict())  # host -> device again on the next step
+    assert step(x, y) == pytest.approx(ref(x, y), rel=1e-5)
+    assert loaded[-1] != ["step", "target", "x"]
+    for name, value in ref.state_dict().items():
+        np.testing.assert_allclose(step.state_dict()[name], value, err_msg=name, **TOL)
