@@ -1,8 +1,8 @@
 """convforge: a compiler for convolutional neural networks.
 
-    import convforge as cf
-    from convforge import nn, optim
-    net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="numba-cpu")
+import convforge as cf
+from convforge import nn, optim
+net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="numba-cpu")
 """
 
 import sys as _sys

@@ -75,8 +75,9 @@ def _lenet_rows(torch, batch: int, reps: int) -> list[Row]:
     r = alternate({"cf": lambda: net(x), "torch": torch_inference}, reps)
     rows: list[Row] = [(f"LeNet-5 inference, batch {batch}", r["cf"], r["torch"], "torch eager")]
 
-    step = cf.compile_train(model, (None, 1, 28, 28), optimizer=cf.optim.SGD(lr=0.01, momentum=0.9),
-                            backend="numba-cpu")  # fmt: skip
+    step = cf.compile_train(
+        model, (None, 1, 28, 28), optimizer=cf.optim.SGD(lr=0.01, momentum=0.9), backend="numba-cpu"
+    )
     step(x, y)
     opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
 
@@ -106,7 +107,12 @@ def _fused_row(reps: int) -> Row:
     inputs = {"x": x, **model.state_dict()}
     np.testing.assert_allclose(fused.run(inputs)[0], unfused.run(inputs)[0], rtol=1e-4, atol=1e-5)
     r = alternate({"fused": lambda: fused.run(inputs), "unfused": lambda: unfused.run(inputs)}, reps)
-    return ("conv+bias+ReLU+maxpool, fused vs unfused (batch 64)", r["fused"], r["unfused"], "convforge unfused")
+    return (
+        "conv+bias+ReLU+maxpool, fused vs unfused (batch 64)",
+        r["fused"],
+        r["unfused"],
+        "convforge unfused",
+    )
 
 
 def _epoch_row(torch, epochs: int) -> Row:
@@ -118,8 +124,9 @@ def _epoch_row(torch, epochs: int) -> Row:
     (x, y), _ = cf.data.mnist()
     model = lenet5()
     twin = _torch_lenet(torch, model)
-    step = cf.compile_train(model, (None, 1, 28, 28), optimizer=cf.optim.SGD(lr=0.05, momentum=0.9),
-                            backend="numba-cpu")  # fmt: skip
+    step = cf.compile_train(
+        model, (None, 1, 28, 28), optimizer=cf.optim.SGD(lr=0.05, momentum=0.9), backend="numba-cpu"
+    )
     step.warmup(x[:64], y[:64])
     opt = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
     loader = DataLoader(x, y, 64, seed=0)
@@ -162,14 +169,23 @@ print(json.dumps({"train": t1 - t0, "total": t2 - t0, "stats": cache.stats()}))
 def _startup_rows(threads: int) -> list[Row]:
     """Cold compile (empty caches) and warm start (filled caches), each in a new process."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "CONVFORGE_CACHE_DIR": tmp, "NUMBA_CACHE_DIR": os.path.join(tmp, "numba"),
-               "NUMBA_NUM_THREADS": str(threads)}  # fmt: skip
+        env = {
+            **os.environ,
+            "CONVFORGE_CACHE_DIR": tmp,
+            "NUMBA_CACHE_DIR": os.path.join(tmp, "numba"),
+            "NUMBA_NUM_THREADS": str(threads),
+        }
         env.pop("CONVFORGE_DEBUG", None)
         cold = _run_startup(env)
         warm = _run_startup(env)
     nan = float("nan")
     return [
-        ("cold compile: import + LeNet-5 training program + first step (empty cache)", cold["train"], nan, ""),
+        (
+            "cold compile: import + LeNet-5 training program + first step (empty cache)",
+            cold["train"],
+            nan,
+            "",
+        ),
         ("cold compile incl. the inference program", cold["total"], nan, ""),
         ("warm start: new process, import + load + first step", warm["train"], nan, ""),
         ("warm start incl. the inference program", warm["total"], nan, ""),
@@ -177,7 +193,9 @@ def _startup_rows(threads: int) -> list[Row]:
 
 
 def _run_startup(env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _STARTUP], env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _STARTUP], env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise ConvforgeError(f"startup benchmark failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -187,10 +205,19 @@ def _run_startup(env: dict[str, str]) -> dict:
 def _torch_lenet(torch, model):
     tnn = torch.nn
     twin = tnn.Sequential(
-        tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
-        tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
-        tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(), tnn.Linear(84, 10),
-    )  # fmt: skip
+        tnn.Conv2d(1, 6, 5, padding=2),
+        tnn.ReLU(),
+        tnn.MaxPool2d(2),
+        tnn.Conv2d(6, 16, 5),
+        tnn.ReLU(),
+        tnn.MaxPool2d(2),
+        tnn.Flatten(),
+        tnn.Linear(400, 120),
+        tnn.ReLU(),
+        tnn.Linear(120, 84),
+        tnn.ReLU(),
+        tnn.Linear(84, 10),
+    )
     twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     return twin
 

@@ -36,10 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 SGD, 1e-3 Adam)")
-    t.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="learning-rate schedule")
+    t.add_argument(
+        "--schedule", default="cosine", choices=["cosine", "constant"], help="learning-rate schedule"
+    )
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--backend", default=None, choices=list(BACKENDS), help="default: $CONVFORGE_BACKEND or numba-cpu")
+    t.add_argument(
+        "--backend", default=None, choices=list(BACKENDS), help="default: $CONVFORGE_BACKEND or numba-cpu"
+    )
     t.add_argument("--augment", action="store_true", help="rotation, translation, scaling and noise")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/{model}", help="where weights, curves.png and history.json go")
@@ -49,12 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(run=_train)
 
     for name in ("show", "compile"):
-        s = sub.add_parser(name, help="print a model's IR after any pass, its generated kernels, or a picture")
+        s = sub.add_parser(
+            name, help="print a model's IR after any pass, its generated kernels, or a picture"
+        )
         s.add_argument("model", help="a zoo model name")
-        s.add_argument("--after", default=None, help="stop after this pass of the pipeline (e.g. canonicalize, fuse)")
+        s.add_argument(
+            "--after", default=None, help="stop after this pass of the pipeline (e.g. canonicalize, fuse)"
+        )
         s.add_argument("--train", action="store_true", help="show the joint training program instead")
         s.add_argument("--source", action="store_true", help="print the generated kernel source")
-        s.add_argument("--graph", default=None, metavar="FILE", help="write a picture of the graph (.png or .svg)")
+        s.add_argument(
+            "--graph", default=None, metavar="FILE", help="write a picture of the graph (.png or .svg)"
+        )
         s.add_argument("--backend", default=None, choices=list(BACKENDS))
         s.set_defaults(run=_show)
 
@@ -75,10 +85,23 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from convforge.training import TrainConfig, train
 
-    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-                         lr=args.lr, schedule=args.schedule, momentum=args.momentum, weight_decay=args.weight_decay, backend=args.backend,
-                         augment=args.augment, seed=args.seed, out=args.out, limit=args.limit, data_path=args.data,
-                         progress=not args.no_progress)  # fmt: skip
+    config = TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        schedule=args.schedule,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        backend=args.backend,
+        augment=args.augment,
+        seed=args.seed,
+        out=args.out,
+        limit=args.limit,
+        data_path=args.data,
+        progress=not args.no_progress,
+    )
     result = train(config)
     return 130 if result.interrupted else 0
 
@@ -86,8 +109,9 @@ def _train(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from convforge.show import model_graph
 
-    graph, source = model_graph(args.model, after=args.after, training=args.train, backend=args.backend,
-                                want_source=args.source)  # fmt: skip
+    graph, source = model_graph(
+        args.model, after=args.after, training=args.train, backend=args.backend, want_source=args.source
+    )
     print(graph)
     if args.source:
         print(source)

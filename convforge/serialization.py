@@ -28,10 +28,14 @@ def save(obj: Any, path: str | os.PathLike) -> Path:
     arrays = _collect(obj)
     for key, arr in arrays.items():
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
-            raise SerializationError(f"cannot save {key!r}: expected a numeric array, got {type(arr).__name__}")
+            raise SerializationError(
+                f"cannot save {key!r}: expected a numeric array, got {type(arr).__name__}"
+            )
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise SerializationError(f"unknown weights format {suffix or '(none)'} for {path}; use .npz or .safetensors")
+        raise SerializationError(
+            f"unknown weights format {suffix or '(none)'} for {path}; use .npz or .safetensors"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
         with open(path, "wb") as f:
@@ -58,7 +62,9 @@ def load(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:
             return OrderedDict(load_file(str(path)))
         except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad file
             raise SerializationError(f"cannot read {path} as safetensors: {exc}") from None
-    raise SerializationError(f"unknown weights format {suffix or '(none)'} for {path}; use .npz or .safetensors")
+    raise SerializationError(
+        f"unknown weights format {suffix or '(none)'} for {path}; use .npz or .safetensors"
+    )
 
 
 def split_state(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -80,7 +86,9 @@ def _load_npz(path: Path) -> OrderedDict[str, np.ndarray]:
                         f"{path}: entry {key!r} holds Python objects (it would need pickle to load); refused"
                     ) from exc
                 if arr.dtype.kind not in "fiub":
-                    raise SerializationError(f"{path}: entry {key!r} has non-numeric dtype {arr.dtype}; refused")
+                    raise SerializationError(
+                        f"{path}: entry {key!r} has non-numeric dtype {arr.dtype}; refused"
+                    )
                 out[key] = arr
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # ValueError: pickled data
         raise SerializationError(f"cannot read {path} as .npz: {exc}") from None
@@ -95,4 +103,6 @@ def _collect(obj: Any) -> dict[str, np.ndarray]:
         if hasattr(obj, "optimizer_state_dict"):
             arrays.update({OPTIMIZER_PREFIX + k: v for k, v in obj.optimizer_state_dict().items()})
         return arrays
-    raise SerializationError(f"cannot save a {type(obj).__name__}: expected a model, a training step or a dict")
+    raise SerializationError(
+        f"cannot save a {type(obj).__name__}: expected a model, a training step or a dict"
+    )

@@ -18,14 +18,22 @@ def pipeline_for(backend: str | None, training: bool) -> str:
     return ",".join(p for p in (FRONT_PIPELINE, own) if p)
 
 
-def model_graph(name: str, *, after: str | None = None, training: bool = False, backend: str | None = None,
-                want_source: bool = False) -> tuple[Graph, str]:  # fmt: skip
+def model_graph(
+    name: str,
+    *,
+    after: str | None = None,
+    training: bool = False,
+    backend: str | None = None,
+    want_source: bool = False,
+) -> tuple[Graph, str]:
     """The IR of zoo model ``name`` (after pass ``after``, or after all passes) and its source."""
     model, shape = get_model(name)
     backend = resolve(backend)
     if training:
         if after is not None:
-            raise ConvforgeError("--after applies to the inference pipeline; the training program is shown whole")
+            raise ConvforgeError(
+                "--after applies to the inference pipeline; the training program is shown whole"
+            )
         step = compile_train(model, (None, *shape), backend=backend)
         return step.graph(), step.source() if want_source else ""
     if after is None:

@@ -77,7 +77,9 @@ def scheduled_lr(base: float, epoch: int, epochs: int, schedule: str) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress)))
 
 
-def accuracy(net: CompiledModel, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> tuple[float, np.ndarray]:
+def accuracy(
+    net: CompiledModel, x: np.ndarray, y: np.ndarray, batch_size: int = 500
+) -> tuple[float, np.ndarray]:
     """Top-1 accuracy and the predicted labels."""
     preds = np.concatenate([net(x[i : i + batch_size]).argmax(axis=1) for i in range(0, len(x), batch_size)])
     return float((preds == y).mean()), preds
@@ -96,17 +98,22 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     out.mkdir(parents=True, exist_ok=True)
     opt = make_optimizer(config.optimizer, config.lr, config.momentum, config.weight_decay)
     transform = default_mnist_augmentation() if config.augment else None
-    loader = DataLoader(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed, transform=transform)
+    loader = DataLoader(
+        x_train, y_train, config.batch_size, shuffle=True, seed=config.seed, transform=transform
+    )
 
     start = time.perf_counter()
-    step: TrainStep = compile_train(model, (None, *shape), loss="cross_entropy", optimizer=opt,
-                                    backend=config.backend)  # fmt: skip
+    step: TrainStep = compile_train(
+        model, (None, *shape), loss="cross_entropy", optimizer=opt, backend=config.backend
+    )
     step.warmup(x_train[: config.batch_size], y_train[: config.batch_size])
     net = step.inference()
     accuracy(net, x_test[:1], y_test[:1])  # compiles the inference program
     compile_seconds = time.perf_counter() - start
-    log(f"compiled {config.model} for {step.backend} in {compile_seconds:.1f} s "
-        f"({len(x_train)} training images, {len(x_test)} validation images)")  # fmt: skip
+    log(
+        f"compiled {config.model} for {step.backend} in {compile_seconds:.1f} s "
+        f"({len(x_train)} training images, {len(x_test)} validation images)"
+    )
 
     history: list[EpochRecord] = []
     weights = out / "weights.npz"
@@ -118,13 +125,18 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
             record = _run_epoch(step, net, loader, epoch, config, (x_train, y_train), (x_test, y_test))
             history.append(record)
             save(step, weights)
-            log(f"epoch {epoch:>2}/{config.epochs}  loss {record.loss:.4f}  "
+            log(
+                f"epoch {epoch:>2}/{config.epochs}  loss {record.loss:.4f}  "
                 f"train acc {record.train_accuracy:6.2%}  val acc {record.val_accuracy:6.2%}  "
-                f"{record.seconds:5.1f} s  ({record.images_per_second:,.0f} img/s)")  # fmt: skip
+                f"{record.seconds:5.1f} s  ({record.images_per_second:,.0f} img/s)"
+            )
     except KeyboardInterrupt:
         interrupted = True
-        log(f"interrupted: keeping the weights of epoch {len(history)}" if history else "interrupted before "
-            "the first epoch finished: nothing saved")  # fmt: skip
+        log(
+            f"interrupted: keeping the weights of epoch {len(history)}"
+            if history
+            else "interrupted before the first epoch finished: nothing saved"
+        )
     curves = plot_curves(history, out / "curves.png") if history else None
     (out / "history.json").write_text(json.dumps([dataclasses.asdict(r) for r in history], indent=2))
     if history:
@@ -133,14 +145,28 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     return TrainResult(history, weights if history else None, curves, compile_seconds, interrupted)
 
 
-def _run_epoch(step: TrainStep, net: CompiledModel, loader: DataLoader, epoch: int, config: TrainConfig,
-               train_set: tuple, test_set: tuple) -> EpochRecord:  # fmt: skip
+def _run_epoch(
+    step: TrainStep,
+    net: CompiledModel,
+    loader: DataLoader,
+    epoch: int,
+    config: TrainConfig,
+    train_set: tuple,
+    test_set: tuple,
+) -> EpochRecord:
     from tqdm import tqdm
 
     losses, seen = [], 0
     start = time.perf_counter()
-    bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-               disable=not config.progress, leave=False, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        loader,
+        total=len(loader),
+        desc=f"epoch {epoch}/{config.epochs}",
+        unit="batch",
+        disable=not config.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     for xb, yb in bar:
         losses.append(step(xb, yb))
         seen += len(xb)

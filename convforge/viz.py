@@ -50,14 +50,25 @@ def draw_graph(graph: Graph, path: str | os.PathLike) -> Path:
     width = max(len(layer) for layer in layers)
     fig, ax = plt.subplots(figsize=(max(6, 3.2 * width), max(4, 1.1 * len(layers))))
     for a, b in g.edges:
-        ax.annotate("", xy=pos[b], xytext=pos[a],
-                    arrowprops=dict(arrowstyle="->", color="#555", shrinkA=14, shrinkB=14))  # fmt: skip
+        ax.annotate(
+            "",
+            xy=pos[b],
+            xytext=pos[a],
+            arrowprops=dict(arrowstyle="->", color="#555", shrinkA=14, shrinkB=14),
+        )
     for n, (x, y) in pos.items():
         label = g.nodes[n]["label"]
         colour = _COLOURS.get(g.nodes[n]["kind"], "#ffffff")
         lines = label.count("\n") + 1
-        box = FancyBboxPatch((x - 1.4, y - 0.17 * lines), 2.8, 0.34 * lines, boxstyle="round,pad=0.04",
-                             fc=colour, ec="#333", lw=1.2 if g.nodes[n]["kind"] == "fusion" else 0.8)  # fmt: skip
+        box = FancyBboxPatch(
+            (x - 1.4, y - 0.17 * lines),
+            2.8,
+            0.34 * lines,
+            boxstyle="round,pad=0.04",
+            fc=colour,
+            ec="#333",
+            lw=1.2 if g.nodes[n]["kind"] == "fusion" else 0.8,
+        )
         ax.add_patch(box)
         ax.text(x, y, label, ha="center", va="center", fontsize=7, family="monospace")
     ax.set_xlim(-width / 2 - 1.2, width / 2 + 1.2)

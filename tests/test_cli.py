@@ -15,8 +15,22 @@ from convforge.cli import main
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    code = main(["train", "--epochs", "1", "--limit", "320", "--batch-size", "32", "--backend", "reference",
-                 "--out", str(out), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--limit",
+            "320",
+            "--batch-size",
+            "32",
+            "--backend",
+            "reference",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return out
 

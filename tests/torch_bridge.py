@@ -20,18 +20,35 @@ def _convert(m: nn.Module) -> torch.nn.Module:
     if isinstance(m, nn.Sequential):
         return tnn.Sequential(*[_convert(c) for c in m])
     if isinstance(m, nn.Conv2d):
-        return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                          bias=m.bias is not None)  # fmt: skip
+        return tnn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            bias=m.bias is not None,
+        )
     if isinstance(m, nn.Conv1d):
-        return tnn.Conv1d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                          bias=m.bias is not None)  # fmt: skip
+        return tnn.Conv1d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            bias=m.bias is not None,
+        )
     if isinstance(m, nn.Linear):
         return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     if isinstance(m, nn.MaxPool2d):
         return tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
     if isinstance(m, nn.AvgPool2d):
-        return tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
-                             m.divisor_override)  # fmt: skip
+        return tnn.AvgPool2d(
+            m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override
+        )
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return tnn.AdaptiveAvgPool2d(m.output_size)
     if isinstance(m, nn.BatchNorm2d):
@@ -55,7 +72,9 @@ def _convert(m: nn.Module) -> torch.nn.Module:
     raise TypeError(f"no torch twin for {type(m).__name__}")
 
 
-def assert_close(ours: np.ndarray, theirs, rtol: float = 1e-4, atol_scale: float = 1e-5, what: str = "") -> None:
+def assert_close(
+    ours: np.ndarray, theirs, rtol: float = 1e-4, atol_scale: float = 1e-5, what: str = ""
+) -> None:
     """Scale-aware comparison: |a - b| <= atol_scale * max|b| + rtol * |b|."""
     theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
     ours = np.asarray(ours)

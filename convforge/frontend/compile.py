@@ -35,8 +35,9 @@ _DTYPES = {"float32": "f32", "f32": "f32", "float64": "f64", "f64": "f64"}
 # =========================================================================================
 # Public entry points
 # =========================================================================================
-def compile(model: Module, input_shape: Sequence[int | None], backend: str | None = None,
-            dtype: str = "float32") -> CompiledModel:  # fmt: skip
+def compile(
+    model: Module, input_shape: Sequence[int | None], backend: str | None = None, dtype: str = "float32"
+) -> CompiledModel:
     """Compile ``model`` for inference; ``None`` as the first dim accepts any batch size.
 
     >>> net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="reference")
@@ -48,9 +49,14 @@ def compile(model: Module, input_shape: Sequence[int | None], backend: str | Non
     return CompiledModel(model, input_shape, store, resolve(backend), ir_dtype)
 
 
-def compile_train(model: Module, input_shape: Sequence[int | None], loss: str = "cross_entropy",
-                  optimizer: Optimizer | None = None, backend: str | None = None,
-                  dtype: str = "float32") -> TrainStep:  # fmt: skip
+def compile_train(
+    model: Module,
+    input_shape: Sequence[int | None],
+    loss: str = "cross_entropy",
+    optimizer: Optimizer | None = None,
+    backend: str | None = None,
+    dtype: str = "float32",
+) -> TrainStep:
     """Compile forward + backward + optimizer update into one training-step program.
 
     >>> step = cf.compile_train(model, (None, 1, 28, 28), loss="cross_entropy",
@@ -116,8 +122,9 @@ def _nothing() -> None:
 class CompiledModel:
     """A model compiled for inference: ``net(x)``, ``net.graph``, ``net.source()``."""
 
-    def __init__(self, model: Module, input_shape: Sequence[int | None], store: ParamStore, backend: str,
-                 dtype: str) -> None:  # fmt: skip
+    def __init__(
+        self, model: Module, input_shape: Sequence[int | None], store: ParamStore, backend: str, dtype: str
+    ) -> None:
         self.backend = backend
         self.dtype = dtype
         self.name = type(model).__name__
@@ -170,8 +177,15 @@ class _Program:
 class TrainStep:
     """A compiled training step: ``step(x, y)`` runs forward, backward and the update."""
 
-    def __init__(self, model: Module, input_shape: Sequence[int | None], loss: str, optimizer: Optimizer,
-                 backend: str, dtype: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: Module,
+        input_shape: Sequence[int | None],
+        loss: str,
+        optimizer: Optimizer,
+        backend: str,
+        dtype: str,
+    ) -> None:
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -253,10 +267,15 @@ class TrainStep:
         if self._device_newer not in (None, key):
             self._sync_host()
         arr = check_input(x, self.input_type, self.name)
-        inputs: dict[str, Any] = {"x": arr, "target": self._check_target(y, arr.shape[0]),
-                                  "step": np.asarray(self.steps + 1, dtype=np.int64)}  # fmt: skip
+        inputs: dict[str, Any] = {
+            "x": arr,
+            "target": self._check_target(y, arr.shape[0]),
+            "step": np.asarray(self.steps + 1, dtype=np.int64),
+        }
         if key not in self._resident:
-            inputs.update((v.name, self._store.arrays[v.name]) for v in program.graph.inputs if v.name not in inputs)
+            inputs.update(
+                (v.name, self._store.arrays[v.name]) for v in program.graph.inputs if v.name not in inputs
+            )
         feedback = {i: name for i, (role, name) in enumerate(program.roles) if role == "store"}
         (loss,) = program.executable.run_device(inputs, fetch=[0], feedback=feedback)
         self._resident.clear()
@@ -319,7 +338,9 @@ class TrainStep:
             raise ConvforgeError(f"{self.name}: optimizer state is missing key 'step'")
         step = np.asarray(state.pop("step"))
         if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:
-            raise ConvforgeError(f"{self.name}: optimizer state 'step' must be a non-negative int, got {step!r}")
+            raise ConvforgeError(
+                f"{self.name}: optimizer state 'step' must be a non-negative int, got {step!r}"
+            )
         keys = [k for k in self._store.arrays if k not in self._model_keys]
         self._store.load({f"optim.{k}": v for k, v in state.items()}, keys, f"{self.name} optimizer")
         self.steps = int(step)
@@ -369,16 +390,27 @@ class TrainStep:
             grads = [graph.outputs[grad_index[name]] for name in trainable]
             outputs = [loss]
             with graph.meta_scope(phase="update"):
-                step = graph.input("step") if "step" in {v.name for v in graph.inputs} else graph.add_input(
-                    "step", TensorType("i64", ())
+                step = (
+                    graph.input("step")
+                    if "step" in {v.name for v in graph.inputs}
+                    else graph.add_input("step", TensorType("i64", ()))
                 )
                 for name, grad in zip(trainable, grads):
                     param = graph.input(name)
                     states = [graph.add_input(_state_key(name, s), param.type) for s in self.optimizer.state]
-                    new = graph.call(self.optimizer.op, param, grad, *states, step,
-                                     meta={"layer": f"optimizer ({name})"}, **self.optimizer.attrs())  # fmt: skip
+                    new = graph.call(
+                        self.optimizer.op,
+                        param,
+                        grad,
+                        *states,
+                        step,
+                        meta={"layer": f"optimizer ({name})"},
+                        **self.optimizer.attrs(),
+                    )
                     outputs += list(new)
-                    roles += [("store", name)] + [("store", _state_key(name, s)) for s in self.optimizer.state]
+                    roles += [("store", name)] + [
+                        ("store", _state_key(name, s)) for s in self.optimizer.state
+                    ]
             for key, value in tracer.state_updates.items():
                 outputs.append(value)
                 roles.append(("store", key))
@@ -406,10 +438,14 @@ class TrainStep:
         if self.loss == "cross_entropy":
             arr = _as_numeric(y, f"{self.name}: target y")
             if arr.dtype.kind not in "iu":
-                raise DTypeError(f"{self.name}: target y must hold integer class labels, got dtype {arr.dtype}")
+                raise DTypeError(
+                    f"{self.name}: target y must hold integer class labels, got dtype {arr.dtype}"
+                )
             if arr.shape != (batch,):
-                raise ShapeError(f"{self.name}: target y must have shape [{batch}] (one label per image), "
-                                 f"got {list(arr.shape)}")  # fmt: skip
+                raise ShapeError(
+                    f"{self.name}: target y must have shape [{batch}] (one label per image), "
+                    f"got {list(arr.shape)}"
+                )
             arr = arr.astype(np.int64)
             check_labels("target", arr, int(self._output_type.shape[1]))
             return np.ascontiguousarray(arr)
@@ -444,7 +480,8 @@ def trace_model(model: Module, input_type: TensorType, *, training: bool) -> tup
             object.__setattr__(m, "training", mode)
     if not isinstance(out, SymbolicTensor):
         raise ConvforgeError(
-            f"{type(model).__name__}.forward must return one tensor computed from its input, got {type(out).__name__}"
+            f"{type(model).__name__}.forward must return one tensor computed from its input, "
+            f"got {type(out).__name__}"
         )
     graph.set_outputs([out.value])
     non_trainable = {k for k, _ in model.named_buffers()}
@@ -469,11 +506,15 @@ def check_input(x: Any, expected: TensorType, owner: str) -> np.ndarray:
     """``x`` as a contiguous array of ``expected`` (batch free), or a clear error."""
     arr = _as_numeric(x, f"{owner}: input x")
     if arr.ndim != expected.rank:
-        raise ShapeError(f"{owner}: expected input of shape {_fmt_shape(expected)} (rank {expected.rank}), "
-                         f"got shape {list(arr.shape)} (rank {arr.ndim})")  # fmt: skip
+        raise ShapeError(
+            f"{owner}: expected input of shape {_fmt_shape(expected)} (rank {expected.rank}), "
+            f"got shape {list(arr.shape)} (rank {arr.ndim})"
+        )
     for want, got in zip(expected.shape, arr.shape):
         if (want == BATCH and got < 1) or (want != BATCH and want != got):
-            raise ShapeError(f"{owner}: expected input of shape {_fmt_shape(expected)}, got {list(arr.shape)}")
+            raise ShapeError(
+                f"{owner}: expected input of shape {_fmt_shape(expected)}, got {list(arr.shape)}"
+            )
     return np.ascontiguousarray(arr, dtype=expected.np_dtype)
 
 
@@ -495,7 +536,9 @@ def _fmt_shape(t: TensorType) -> str:
 
 def _input_type(input_shape: Sequence[int | None], dtype: str, owner: str) -> TensorType:
     if not isinstance(input_shape, (tuple, list)) or not input_shape:
-        raise ShapeError(f"{owner}: input_shape must be a non-empty tuple like (None, 1, 28, 28), got {input_shape!r}")
+        raise ShapeError(
+            f"{owner}: input_shape must be a non-empty tuple like (None, 1, 28, 28), got {input_shape!r}"
+        )
     dims: list = []
     for i, d in enumerate(input_shape):
         if d is None and i == 0:
@@ -503,8 +546,10 @@ def _input_type(input_shape: Sequence[int | None], dtype: str, owner: str) -> Te
         elif isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0:
             dims.append(int(d))
         else:
-            raise ShapeError(f"{owner}: input_shape entries must be positive ints (None only for the batch), "
-                             f"got {input_shape!r}")  # fmt: skip
+            raise ShapeError(
+                f"{owner}: input_shape entries must be positive ints (None only for the batch), "
+                f"got {input_shape!r}"
+            )
     return TensorType(dtype, tuple(dims))
 
 

@@ -23,10 +23,28 @@ from convforge.ir.types import TensorType, dtype_name
 Tensor = Any  # np.ndarray, or a SymbolicTensor while tracing
 
 __all__ = [
-    "adaptive_avg_pool2d", "add", "avg_pool2d", "batch_norm", "concat", "conv1d", "conv2d",
-    "cross_entropy", "dropout", "flatten", "leaky_relu", "linear", "log_softmax", "max_pool2d",
-    "mse_loss", "mul", "relu", "reshape", "sigmoid", "softmax", "tanh",
-]  # fmt: skip
+    "adaptive_avg_pool2d",
+    "add",
+    "avg_pool2d",
+    "batch_norm",
+    "concat",
+    "conv1d",
+    "conv2d",
+    "cross_entropy",
+    "dropout",
+    "flatten",
+    "leaky_relu",
+    "linear",
+    "log_softmax",
+    "max_pool2d",
+    "mse_loss",
+    "mul",
+    "relu",
+    "reshape",
+    "sigmoid",
+    "softmax",
+    "tanh",
+]
 
 
 # -- convolution --------------------------------------------------------------------------

@@ -351,7 +351,8 @@ class _ConvNd(Module):
                 raise AttributeValueError(f"{name}: {label} must be a positive int, got {v!r}")
         if in_channels % groups or out_channels % groups:
             raise AttributeValueError(
-                f"{name}: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+                f"{name}: groups={groups} must divide in_channels={in_channels} "
+                f"and out_channels={out_channels}"
             )
         if padding_mode != "zeros":
             raise AttributeValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
@@ -465,7 +466,7 @@ class MaxPool2d(Module):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
+        return _pool_repr(self)
 
 
 class AvgPool2d(Module):
@@ -499,7 +500,12 @@ class AvgPool2d(Module):
         )
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
+        return _pool_repr(self)
+
+
+def _pool_repr(layer: Module) -> str:
+    stride = layer.stride or layer.kernel_size
+    return f"kernel_size={layer.kernel_size}, stride={stride}, padding={layer.padding}"
 
 
 def _validate_pool(layer: Module) -> None:

@@ -29,7 +29,8 @@ class Optimizer:
         try:
             registry.get(self.op).normalize(self.attrs(), where=type(self).__name__)
         except ConvforgeError as exc:
-            raise type(exc)(str(exc).replace(f"{type(self).__name__}: ", f"optim.{type(self).__name__}: ", 1))
+            name = type(self).__name__
+            raise type(exc)(str(exc).replace(f"{name}: ", f"optim.{name}: ", 1)) from None
 
 
 @dataclasses.dataclass
@@ -46,8 +47,13 @@ class SGD(Optimizer):
     nesterov: bool = False
 
     def attrs(self) -> dict[str, Any]:
-        return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
-                "nesterov": self.nesterov, "weight_decay": self.weight_decay}  # fmt: skip
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "dampening": self.dampening,
+            "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay,
+        }
 
 
 @dataclasses.dataclass
@@ -65,5 +71,10 @@ class Adam(Optimizer):
     def attrs(self) -> dict[str, Any]:
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ConvforgeError(f"optim.Adam: betas must be a pair of floats, got {self.betas!r}")
-        return {"lr": self.lr, "beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps,
-                "weight_decay": self.weight_decay}  # fmt: skip
+        return {
+            "lr": self.lr,
+            "beta1": self.betas[0],
+            "beta2": self.betas[1],
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }

@@ -145,7 +145,8 @@ class Tracer:
             return self.params[key]
         given = type(obj).__name__ + (f" of shape {obj.shape}" if isinstance(obj, np.ndarray) else "")
         raise ConvforgeError(
-            f"{self.where()}: {what} must be a traced tensor or a registered parameter/buffer, got a {given}; "
+            f"{self.where()}: {what} must be a traced tensor or a registered parameter/buffer, "
+            f"got a {given}; "
             "register constant tensors on the module (nn.Parameter or register_buffer)"
         )
 

@@ -190,7 +190,9 @@ class Graph:
         if output_types is None:
             if opdef is None:
                 raise VerificationError("a fusion node needs explicit output types")
-            output_types = opdef.infer_types([v.type for v in inputs], node.attrs, where=_where(node, merged_meta))
+            output_types = opdef.infer_types(
+                [v.type for v in inputs], node.attrs, where=_where(node, merged_meta)
+            )
         base = self.fresh_name(name)
         self._names.add(base)
         node.inputs = list(inputs)

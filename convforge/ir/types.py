@@ -7,7 +7,6 @@ f32[N,1,28,28]
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from convforge.errors import DTypeError, ShapeError
 #: The symbolic batch dimension.
 BATCH = "N"
 
-Dim = Union[int, str]
+Dim = int | str
 
 #: IR dtype names and the NumPy dtypes they stand for.
 DTYPES: dict[str, np.dtype] = {

@@ -15,13 +15,19 @@ from convforge.frontend import nn
 def lenet5(num_classes: int = 10) -> nn.Sequential:
     """Modern LeNet-5 for 1x28x28 input: 61,706 parameters with 10 classes."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(1, 6, kernel_size=5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(400, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
         nn.Linear(84, num_classes),
-    )  # fmt: skip
+    )
 
 
 def deep_mnist(num_classes: int = 10, seed: int | None = None) -> nn.Sequential:
@@ -31,13 +37,18 @@ def deep_mnist(num_classes: int = 10, seed: int | None = None) -> nn.Sequential:
     deviations (stddev 0.1), biases 0.1. Train it with Adam (lr 1e-4), batch 32.
     """
     model = nn.Sequential(
-        nn.Conv2d(1, 32, kernel_size=5, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, kernel_size=5, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(1, 32, kernel_size=5, padding="same"),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=5, padding="same"),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(7 * 7 * 64, 1024), nn.ReLU(),
+        nn.Linear(7 * 7 * 64, 1024),
+        nn.ReLU(),
         nn.Dropout(0.5),
         nn.Linear(1024, num_classes),
-    )  # fmt: skip
+    )
     rng = np.random.default_rng(seed) if seed is not None else nn.generator()
     for name, p in model.named_parameters():
         if name.endswith("weight"):
@@ -54,16 +65,28 @@ def alexnet(num_classes: int = 1000) -> nn.Sequential:
     -> 13x13x256 -> 6x6x256 -> 4096 -> 4096 -> classes.
     """
     return nn.Sequential(
-        nn.Conv2d(3, 96, kernel_size=11, stride=4), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-        nn.Conv2d(96, 256, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-        nn.Conv2d(256, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
+        nn.Conv2d(3, 96, kernel_size=11, stride=4),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2),
+        nn.Conv2d(96, 256, kernel_size=5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2),
+        nn.Conv2d(256, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2),
         nn.Flatten(),
-        nn.Dropout(0.5), nn.Linear(6 * 6 * 256, 4096), nn.ReLU(),
-        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(6 * 6 * 256, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
         nn.Linear(4096, num_classes),
-    )  # fmt: skip
+    )
 
 
 class BasicBlock(nn.Module):
@@ -94,8 +117,9 @@ class ResNetSmall(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU())  # fmt: skip
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.layer1 = BasicBlock(width, width)
         self.layer2 = BasicBlock(width, 2 * width, stride=2)
         self.layer3 = BasicBlock(2 * width, 4 * width, stride=2)

@@ -72,7 +72,8 @@ def backward(graph: Graph, loss: Value, targets: list[Value]) -> list[Value]:
                 raise PassFailure(f"cannot differentiate {node.describe()}: {exc}", node) from None
             if len(in_grads) != len(node.inputs):
                 raise PassFailure(
-                    f"the VJP of {node.op} returned {len(in_grads)} gradients for {len(node.inputs)} inputs", node
+                    f"the VJP of {node.op} returned {len(in_grads)} gradients for {len(node.inputs)} inputs",
+                    node,
                 )
             for v, g in zip(node.inputs, in_grads):
                 if g is None or id(v) not in needs:

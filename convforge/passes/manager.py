@@ -134,7 +134,9 @@ class PassManager:
         self.verify = verify
 
     @classmethod
-    def from_string(cls, pipeline: str, instruments: Sequence[Instrument] = (), verify: bool = True) -> PassManager:
+    def from_string(
+        cls, pipeline: str, instruments: Sequence[Instrument] = (), verify: bool = True
+    ) -> PassManager:
         return cls(parse_pipeline(pipeline), instruments, verify)
 
     def run(self, graph: Graph) -> Graph:
@@ -150,7 +152,9 @@ class PassManager:
                 node = getattr(exc, "node", None)
                 at = f" at node {node.describe()}" if node is not None else ""
                 before = ", ".join(done) or "none"
-                raise PassError(f"pass {p.describe()} failed{at} (passes before it: {before}): {exc}") from exc
+                raise PassError(
+                    f"pass {p.describe()} failed{at} (passes before it: {before}): {exc}"
+                ) from exc
             for inst in self.instruments:
                 inst.after(p, graph, bool(changed))
             done.append(p.name)

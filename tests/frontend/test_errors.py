@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import convforge.functional as F
 import numpy as np
 import pytest
 
 import convforge as cf
-import convforge.functional as F
 from convforge import nn
 from convforge.errors import (
     AttributeValueError,
@@ -71,7 +71,9 @@ def test_bad_layer_arguments(build, match):
 
 def test_wrong_input_rank_shape_and_type():
     net = cf.compile(lenet5(), (None, 1, 28, 28), backend="reference")
-    with pytest.raises(ShapeError, match=r"expected input of shape \[N, 1, 28, 28\] \(rank 4\), got shape \[28, 28\]"):
+    with pytest.raises(
+        ShapeError, match=r"expected input of shape \[N, 1, 28, 28\] \(rank 4\), got shape \[28, 28\]"
+    ):
         net(np.zeros((28, 28), np.float32))
     with pytest.raises(ShapeError, match=r"expected input of shape \[N, 1, 28, 28\], got \[2, 3, 28, 28\]"):
         net(np.zeros((2, 3, 28, 28), np.float32))

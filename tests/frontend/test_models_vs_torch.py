@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import convforge.functional as F
 import numpy as np
 import pytest
 import torch
 from torch_bridge import assert_close, to_torch
 
 import convforge as cf
-import convforge.functional as F
 from convforge import nn
 from convforge.models import alexnet, deep_mnist, lenet5
 
@@ -58,7 +58,7 @@ def _torch_twin(model):
 
 
 def _randomise_bn(model, rng):
-    for name, m in model.named_modules():
+    for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean[...] = rng.normal(size=m.num_features)
             m.running_var[...] = rng.uniform(0.5, 2.0, size=m.num_features)
@@ -136,6 +136,15 @@ def test_alexnet_shape_inference_without_running():
     graph, _ = trace_model(model, TensorType("f32", ("N", 3, 227, 227)), training=False)
     shapes = [tuple(n.output.shape[1:]) for n in graph.nodes if n.op in ("conv2d", "max_pool2d", "linear")]
     assert shapes == [
-        (96, 55, 55), (96, 27, 27), (256, 27, 27), (256, 13, 13), (384, 13, 13), (384, 13, 13),
-        (256, 13, 13), (256, 6, 6), (4096,), (4096,), (1000,),
-    ]  # fmt: skip
+        (96, 55, 55),
+        (96, 27, 27),
+        (256, 27, 27),
+        (256, 13, 13),
+        (384, 13, 13),
+        (384, 13, 13),
+        (256, 13, 13),
+        (256, 6, 6),
+        (4096,),
+        (4096,),
+        (1000,),
+    ]

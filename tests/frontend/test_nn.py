@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import convforge.functional as F
 import numpy as np
 import pytest
 import torch
 from torch_bridge import assert_close, to_torch
 
 import convforge as cf
-import convforge.functional as F
 from convforge import nn
 from convforge.models import deep_mnist, lenet5, resnet_small
 
 
 def test_state_dict_keys_and_shapes_match_torch():
-    model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 24 * 24, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 24 * 24, 3)
+    )
     ours = model.state_dict()
     theirs = to_torch(model).state_dict()
     assert list(ours) == list(theirs)
@@ -75,7 +77,9 @@ def test_eager_functional_matches_torch(rng):
     b = rng.standard_normal(4).astype(np.float32)
     tx, tw, tb = map(torch.from_numpy, (x, w, b))
     tf = torch.nn.functional
-    assert_close(F.conv2d(x, w, b, padding="same", backend="reference"), tf.conv2d(tx, tw, tb, padding="same"))
+    assert_close(
+        F.conv2d(x, w, b, padding="same", backend="reference"), tf.conv2d(tx, tw, tb, padding="same")
+    )
     assert_close(F.conv2d(x, w, b, stride=2, padding=1, backend="reference"), tf.conv2d(tx, tw, tb, 2, 1))
     assert_close(F.max_pool2d(x, 3, 2, 1, backend="reference"), tf.max_pool2d(tx, 3, 2, 1))
     assert_close(F.avg_pool2d(x, 2, backend="reference"), tf.avg_pool2d(tx, 2))
@@ -85,10 +89,14 @@ def test_eager_functional_matches_torch(rng):
     assert_close(F.leaky_relu(x, 0.2, backend="reference"), tf.leaky_relu(tx, 0.2))
     flat = x.reshape(2, -1)
     lw = rng.standard_normal((5, flat.shape[1])).astype(np.float32)
-    assert_close(F.linear(flat, lw, backend="reference"), tf.linear(torch.from_numpy(flat), torch.from_numpy(lw)))
+    assert_close(
+        F.linear(flat, lw, backend="reference"), tf.linear(torch.from_numpy(flat), torch.from_numpy(lw))
+    )
     y = np.array([1, 4])
-    assert_close(F.cross_entropy(flat[:, :5], y, backend="reference"),
-                 tf.cross_entropy(torch.from_numpy(flat[:, :5]), torch.from_numpy(y)))  # fmt: skip
+    assert_close(
+        F.cross_entropy(flat[:, :5], y, backend="reference"),
+        tf.cross_entropy(torch.from_numpy(flat[:, :5]), torch.from_numpy(y)),
+    )
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
     out = F.batch_norm(x, rm, rv, training=True, backend="reference")
     trm, trv = torch.zeros(3), torch.ones(3)

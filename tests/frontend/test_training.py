@@ -14,7 +14,10 @@ from convforge.models import lenet5
 
 OPTIMIZERS = {
     "sgd": (lambda: optim.SGD(lr=0.05), lambda p: torch.optim.SGD(p, lr=0.05)),
-    "momentum": (lambda: optim.SGD(lr=0.05, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+    "momentum": (
+        lambda: optim.SGD(lr=0.05, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+    ),
     "nesterov": (
         lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
@@ -66,8 +69,9 @@ def test_loss_falls_over_200_steps(backend):
     cf.manual_seed(0)
     rng = np.random.default_rng(0)
     (x, y), _ = cf.data.mnist()
-    step = cf.compile_train(lenet5(), (None, 1, 28, 28), optimizer=optim.SGD(lr=0.05, momentum=0.9),
-                            backend=backend)  # fmt: skip
+    step = cf.compile_train(
+        lenet5(), (None, 1, 28, 28), optimizer=optim.SGD(lr=0.05, momentum=0.9), backend=backend
+    )
     losses = []
     for _ in range(200):
         idx = rng.integers(0, len(x), size=16)
@@ -113,13 +117,15 @@ def test_returned_arrays_are_the_callers(backend, rng):
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_save_and_load_weights_and_optimizer_state(tmp_path, suffix, rng):
     x, y = rng.random((4, 1, 28, 28), dtype=np.float32), np.array([0, 1, 2, 3])
-    step = cf.compile_train(lenet5(), (None, 1, 28, 28), optimizer=optim.SGD(lr=0.1, momentum=0.9),
-                            backend="reference")  # fmt: skip
+    step = cf.compile_train(
+        lenet5(), (None, 1, 28, 28), optimizer=optim.SGD(lr=0.1, momentum=0.9), backend="reference"
+    )
     step(x, y)
     path = tmp_path / f"lenet{suffix}"
     cf.save(step, path)
-    other = cf.compile_train(lenet5(), (None, 1, 28, 28), optimizer=optim.SGD(lr=0.1, momentum=0.9),
-                             backend="reference")  # fmt: skip
+    other = cf.compile_train(
+        lenet5(), (None, 1, 28, 28), optimizer=optim.SGD(lr=0.1, momentum=0.9), backend="reference"
+    )
     other.load(str(path))
     assert other.steps == 1
     assert step(x, y) == pytest.approx(other(x, y), rel=1e-6)

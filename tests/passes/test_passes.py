@@ -97,7 +97,9 @@ def test_instruments_time_print_and_dump(tmp_path):
 }""")
     printed: list[str] = []
     timing = Timing()
-    manager = PassManager.from_string("cse,dce", [timing, PrintAfter(["dce"], printed.append), DumpIR(tmp_path)])
+    manager = PassManager.from_string(
+        "cse,dce", [timing, PrintAfter(["dce"], printed.append), DumpIR(tmp_path)]
+    )
     manager.run(graph)
     assert [name for name, _ in timing.times] == ["cse", "dce"]
     assert "dce" in timing.report()

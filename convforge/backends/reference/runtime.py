@@ -8,10 +8,12 @@ import numpy as np
 
 from convforge.backends.base import check_inputs
 from convforge.errors import ConvforgeError
-from convforge.ir.graph import Graph, Node, wrap_error
+from convforge.ir.graph import Graph, wrap_error
 
 
-def run_graph(graph: Graph, inputs: Mapping[str, np.ndarray], *, trace: dict | None = None) -> list[np.ndarray]:
+def run_graph(
+    graph: Graph, inputs: Mapping[str, np.ndarray], *, trace: dict | None = None
+) -> list[np.ndarray]:
     """Evaluate ``graph`` on named inputs; ``trace`` (if given) receives every value by name."""
     from convforge.ir.ops import registry
 

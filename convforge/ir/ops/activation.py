@@ -163,8 +163,9 @@ def _(g, node, gy):
     return (g.call("softmax_backward", gy, node.output, **node.attrs),)
 
 
-softmax_backward = Op("softmax_backward", fusion=FusionKind.REDUCE, attrs={"dim": 1},
-                      doc="y * (gy - sum(gy * y, dim))")
+softmax_backward = Op(
+    "softmax_backward", fusion=FusionKind.REDUCE, attrs={"dim": 1}, doc="y * (gy - sum(gy * y, dim))"
+)
 softmax_backward.shape(lambda gy, y, dim: _grad_like(gy, y))
 
 
@@ -189,8 +190,9 @@ def _(g, node, gy):
     return (g.call("log_softmax_backward", gy, node.output, **node.attrs),)
 
 
-log_softmax_backward = Op("log_softmax_backward", fusion=FusionKind.REDUCE, attrs={"dim": 1},
-                          doc="gy - exp(y) * sum(gy, dim)")
+log_softmax_backward = Op(
+    "log_softmax_backward", fusion=FusionKind.REDUCE, attrs={"dim": 1}, doc="gy - exp(y) * sum(gy, dim)"
+)
 log_softmax_backward.shape(lambda gy, y, dim: _grad_like(gy, y))
 
 

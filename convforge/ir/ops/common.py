@@ -51,8 +51,16 @@ def int_tuple(name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, 
     return tuple(int(v) for v in items)
 
 
-def window_out(size: Dim, kernel: int, stride: int, pad_lo: int, pad_hi: int, dilation: int = 1,
-               ceil_mode: bool = False, what: str = "input") -> int:
+def window_out(
+    size: Dim,
+    kernel: int,
+    stride: int,
+    pad_lo: int,
+    pad_hi: int,
+    dilation: int = 1,
+    ceil_mode: bool = False,
+    what: str = "input",
+) -> int:
     """Output length of a sliding window, floored as PyTorch does (ceil with ``ceil_mode``)."""
     if size == BATCH:
         raise ShapeError("a spatial dimension cannot be the batch symbol N")

@@ -80,8 +80,12 @@ def _(g, node, gy):
 
 
 # -- reduce_sum ---------------------------------------------------------------------------
-reduce_sum = Op("reduce_sum", fusion=FusionKind.REDUCE, attrs={"dims": (), "keepdim": False},
-                doc="sum over dims (a bias gradient is reduce_sum(gy, dims=(0, 2, 3)))")
+reduce_sum = Op(
+    "reduce_sum",
+    fusion=FusionKind.REDUCE,
+    attrs={"dims": (), "keepdim": False},
+    doc="sum over dims (a bias gradient is reduce_sum(gy, dims=(0, 2, 3)))",
+)
 
 
 @reduce_sum.check

@@ -29,8 +29,12 @@ def _reduce(values: np.ndarray, reduction: str, dtype) -> np.ndarray:
 
 
 # -- cross_entropy ------------------------------------------------------------------------
-cross_entropy = Op("cross_entropy", fusion=FusionKind.REDUCE, attrs={"reduction": "mean"},
-                   doc="mean over the batch of -log softmax(logits)[target]")
+cross_entropy = Op(
+    "cross_entropy",
+    fusion=FusionKind.REDUCE,
+    attrs={"reduction": "mean"},
+    doc="mean over the batch of -log softmax(logits)[target]",
+)
 cross_entropy.check(_check_reduction)
 
 
@@ -89,7 +93,9 @@ def _(g, logits, target, reduction):
 
 
 # -- mse_loss -----------------------------------------------------------------------------
-mse_loss = Op("mse_loss", fusion=FusionKind.REDUCE, attrs={"reduction": "mean"}, doc="mean((input - target)^2)")
+mse_loss = Op(
+    "mse_loss", fusion=FusionKind.REDUCE, attrs={"reduction": "mean"}, doc="mean((input - target)^2)"
+)
 mse_loss.check(_check_reduction)
 
 
@@ -113,8 +119,12 @@ def _(g, node, gy):
     return (gx, g.call("scale", gx, factor=-1.0))
 
 
-mse_loss_backward = Op("mse_loss_backward", fusion=FusionKind.ELEMENTWISE, attrs={"reduction": "mean"},
-                       doc="2 * (input - target) * g / numel")
+mse_loss_backward = Op(
+    "mse_loss_backward",
+    fusion=FusionKind.ELEMENTWISE,
+    attrs={"reduction": "mean"},
+    doc="2 * (input - target) * g / numel",
+)
 mse_loss_backward.check(_check_reduction)
 
 

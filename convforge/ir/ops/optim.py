@@ -20,7 +20,9 @@ from convforge.ir.ops.registry import FusionKind, Op
 from convforge.ir.types import TensorType
 
 
-def _number(name: str, value, *, low: float = 0.0, high: float | None = None, open_high: bool = False) -> float:
+def _number(
+    name: str, value, *, low: float = 0.0, high: float | None = None, open_high: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AttributeValueError(f"{name} must be a number, got {value!r}")
     value = float(value)

@@ -6,7 +6,7 @@ import numpy as np
 
 from convforge.errors import AttributeValueError, ShapeError
 from convforge.ir.ops.registry import FusionKind, Op
-from convforge.ir.types import BATCH, TensorType
+from convforge.ir.types import BATCH
 
 I = FusionKind.INJECTIVE
 
@@ -119,7 +119,9 @@ def _(*xs, dim):
     for i, x in enumerate(xs):
         if x.dtype != first.dtype:
             raise ShapeError(f"concat input {i} has dtype {x.dtype}, expected {first.dtype}")
-        if x.rank != first.rank or any(a != b for j, (a, b) in enumerate(zip(x.shape, first.shape)) if j != axis):
+        if x.rank != first.rank or any(
+            a != b for j, (a, b) in enumerate(zip(x.shape, first.shape)) if j != axis
+        ):
             raise ShapeError(f"concat input {i} is {x}; expected the shape of {first} except along dim {dim}")
         if x.shape[axis] == BATCH:
             raise ShapeError("concat along the batch dimension N is not supported")

@@ -235,8 +235,10 @@ def test_training_keeps_weights_on_the_device_between_steps(rng, monkeypatch):
     model = _small_cnn()
     x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
     y = np.array([0, 2])
-    ref = cf.compile_train(model, (None, 1, 6, 6), optimizer=optim.SGD(lr=0.1, momentum=0.9), backend="reference")
-    step = cf.compile_train(model, (None, 1, 6, 6), optimizer=optim.SGD(lr=0.1, momentum=0.9), backend="numba-cuda")
+    ref, step = (
+        cf.compile_train(model, (None, 1, 6, 6), optimizer=optim.SGD(lr=0.1, momentum=0.9), backend=b)
+        for b in ("reference", "numba-cuda")
+    )
     net = step.inference()
     step(x, y)
     ref(x, y)
