@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def run_benchmarks(quick: bool = False, threads: int = 2) -> str:
     rows: list[Row] = []
     for batch in (64, 256):
         rows += _lenet_rows(torch, batch, reps)
-    rows.append(_fused_row(reps))
+    rows += _fused_rows(reps)
     rows.append(_epoch_row(torch, 1 if quick else 3))
     rows += _startup_rows(threads)
     return _table(rows, threads)
@@ -91,28 +92,35 @@ def _lenet_rows(torch, batch: int, reps: int) -> list[Row]:
     return rows
 
 
-def _fused_row(reps: int) -> Row:
-    """conv2d(6->16, k5) + bias + ReLU + max-pool 2x2 on 64x6x14x14: fused kernel vs unfused sequence."""
+def _fused_rows(reps: int) -> list[Row]:
+    """LeNet's two conv + bias + ReLU + max-pool 2x2 layers at batch 64: one fused kernel
+    against convforge's own unfused sequence (conv, relu, max_pool2d as separate kernels)."""
     from convforge import nn
     from convforge.backends import numba_cpu
     from convforge.frontend.compile import trace_model
     from convforge.ir.types import TensorType
 
-    model = nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
-    graph, _ = trace_model(model, TensorType("f32", ("N", 6, 14, 14)), training=False)
-    fused = numba_cpu.compile_graph(graph)
-    unfused = numba_cpu.compile_graph(graph, pipeline="dce")
-    assert any(n.op == "fusion" for n in fused.graph.nodes)
-    x = np.random.default_rng(0).random((64, 6, 14, 14), dtype=np.float32)
-    inputs = {"x": x, **model.state_dict()}
-    np.testing.assert_allclose(fused.run(inputs)[0], unfused.run(inputs)[0], rtol=1e-4, atol=1e-5)
-    r = alternate({"fused": lambda: fused.run(inputs), "unfused": lambda: unfused.run(inputs)}, reps)
-    return (
-        "conv+bias+ReLU+maxpool, fused vs unfused (batch 64)",
-        r["fused"],
-        r["unfused"],
-        "convforge unfused",
-    )
+    rows: list[Row] = []
+    layers = {
+        "conv1 1->6, 28x28, pad 2": (nn.Conv2d(1, 6, 5, padding=2), (1, 28, 28)),
+        "conv2 6->16, 14x14": (nn.Conv2d(6, 16, 5), (6, 14, 14)),
+    }
+    for label, (conv, shape) in layers.items():
+        model = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))
+        graph, _ = trace_model(model, TensorType("f32", ("N", *shape)), training=False)
+        fused = numba_cpu.compile_graph(graph)
+        unfused = numba_cpu.compile_graph(graph, pipeline="dce")
+        assert any(n.op == "fusion" for n in fused.graph.nodes)
+        assert not any(n.op == "fusion" for n in unfused.graph.nodes)
+        x = np.random.default_rng(0).random((64, *shape), dtype=np.float32)
+        inputs = {"x": x, **model.state_dict()}
+        np.testing.assert_allclose(fused.run(inputs)[0], unfused.run(inputs)[0], rtol=1e-4, atol=1e-5)
+        runs = {"fused": partial(fused.run, inputs), "unfused": partial(unfused.run, inputs)}
+        r = alternate(runs, reps)
+        rows.append(
+            (f"{label} + bias + ReLU + maxpool, batch 64: fused", r["fused"], r["unfused"], "unfused")
+        )
+    return rows
 
 
 def _epoch_row(torch, epochs: int) -> Row:

@@ -175,8 +175,12 @@ class _ModelCase(_Case):
 
     def __init__(self, model: Module, input_shape: Sequence[int], dtype: str, training: bool, grads: bool,
                  seed: int) -> None:  # fmt: skip
-        if not isinstance(input_shape, (tuple, list)) or not all(isinstance(d, (int, np.integer)) for d in input_shape):
-            raise ConvforgeError(f"assert_backends_agree: input_shape must be a tuple of ints, got {input_shape!r}")
+        if not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(d, (int, np.integer)) for d in input_shape
+        ):
+            raise ConvforgeError(
+                f"assert_backends_agree: input_shape must be a tuple of ints, got {input_shape!r}"
+            )
         self.model, self.dtype, self.training, self.grads = model, dtype, training, grads
         self.input_shape = tuple(int(d) for d in input_shape)
         self.compile_shape = (None, *self.input_shape[1:])
@@ -245,8 +249,9 @@ class _GraphCase(_Case):
     ``autodiff`` pass, so gradients of every float input are compared too.
     """
 
-    def __init__(self, graph: Graph, input_shape: Sequence[int] | None, inputs: Mapping[str, np.ndarray] | None,
-                 training: bool, grads: bool, seed: int) -> None:  # fmt: skip
+    def __init__(self, graph: Graph, input_shape: Sequence[int] | None,
+                 inputs: Mapping[str, np.ndarray] | None, training: bool, grads: bool,
+                 seed: int) -> None:  # fmt: skip
         self.training = training
         self.graph = _copy(graph)
         self.graph.meta = {k: v for k, v in graph.meta.items()}
@@ -327,7 +332,9 @@ def _copy(graph: Graph) -> Graph:
 # =========================================================================================
 # Locating the first differing node
 # =========================================================================================
-def _all_values(graph: Graph, inputs: Mapping[str, np.ndarray], backend: str, training: bool) -> dict[str, Any]:
+def _all_values(
+    graph: Graph, inputs: Mapping[str, np.ndarray], backend: str, training: bool
+) -> dict[str, Any]:
     """Every node output of ``graph`` computed by ``backend``, by value name."""
     if backend == "reference":
         from convforge.backends.reference import run_graph
@@ -418,13 +425,16 @@ def assert_backends_agree(
         case: _Case = _GraphCase(model_or_graph, input_shape, inputs, training, grads, seed)
     elif isinstance(model_or_graph, Module):
         if dtype not in _DTYPES:
-            raise ConvforgeError(f"assert_backends_agree: dtype must be 'float32' or 'float64', got {dtype!r}")
+            raise ConvforgeError(
+                f"assert_backends_agree: dtype must be 'float32' or 'float64', got {dtype!r}"
+            )
         if input_shape is None:
             raise ConvforgeError("assert_backends_agree: a model needs input_shape, e.g. (2, 1, 28, 28)")
         case = _ModelCase(model_or_graph, input_shape, _DTYPES[dtype], training, grads, seed)
     else:
         raise ConvforgeError(
-            f"assert_backends_agree expects a convforge.nn.Module or an IR Graph, got {type(model_or_graph).__name__}"
+            "assert_backends_agree expects a convforge.nn.Module or an IR Graph, "
+            f"got {type(model_or_graph).__name__}"
         )
     oracle = backends[0]
     expected = case.results(oracle)

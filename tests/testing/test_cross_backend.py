@@ -209,8 +209,9 @@ def test_networks_shrink_to_small_failing_examples():
     model, input_shape = find(
         networks(),
         has_max_pool,
-        settings=settings(database=None, derandomize=True, max_examples=500,
-                          suppress_health_check=list(HealthCheck)),  # fmt: skip
+        settings=settings(
+            database=None, derandomize=True, max_examples=500, suppress_health_check=list(HealthCheck)
+        ),  # fmt: skip
     )
     assert len(model) <= 3, f"shrunk to {model}"
     assert input_shape[0] == 2 and max(input_shape[1:]) <= 3
@@ -260,7 +261,9 @@ def faulty(monkeypatch):
 
 def _small_model() -> nn.Module:
     cf.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 2))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 2)
+    )
 
 
 def test_agreeing_backends_pass():
@@ -271,7 +274,9 @@ def test_agreeing_backends_pass():
 def test_a_wrong_forward_op_is_named(faulty, training):
     backend = faulty("tanh")
     with pytest.raises(AssertionError) as info:
-        assert_backends_agree(_small_model(), (2, 2, 4, 4), backends=("reference", backend), training=training)
+        assert_backends_agree(
+            _small_model(), (2, 2, 4, 4), backends=("reference", backend), training=training
+        )
     msg = str(info.value)
     assert "faulty disagrees with reference on the output" in msg
     assert "max abs error" in msg and "max rel error" in msg
