@@ -152,8 +152,15 @@ class Graph:
 
     # -- building ---------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:
+        """A new graph input; a node output that happens to hold ``name`` is renamed, because
+        input names are contracts (``state_dict`` keys) and node output names are not."""
         if name in self._names:
-            raise VerificationError(f"graph @{self.name} already has a value named %{name}")
+            clash = next(v for v in self.values() if v.name == name)
+            if clash.producer is None:
+                raise VerificationError(f"graph @{self.name} already has an input named %{name}")
+            clash.name = self.fresh_name(name)
+            self._names.add(clash.name)
+            self._names.discard(name)
         value = Value(name, type)
         self._names.add(name)
         self.inputs.append(value)
