@@ -91,7 +91,7 @@ def _torch_reference(model: nn.Module, x: np.ndarray, target: np.ndarray, traini
     loss.backward()
     grads = {name: p.grad.numpy() for name, p in twin.named_parameters()}
     grads["input"] = tx.grad.numpy()
-    return out.detach().numpy(), float(loss), grads
+    return out.detach().numpy(), loss.item(), grads
 
 
 def _check_against_torch(model: nn.Module, input_shape: tuple, training: bool) -> None:
