@@ -6,6 +6,13 @@ running im2col into a cache-sized buffer and a single-threaded sgemm (``np.dot``
 forward kernel is generated per epilogue (bias, batch-norm affine, activation, pooling);
 shapes, strides, padding and dilation are runtime arguments, so a new batch or image size
 compiles nothing. ``conv1d`` runs through the same kernels with a height of 1.
+
+Stride 1 (most convolutions) takes the *wide* layout: the image is zero-padded once, and
+with a row pitch of ``Wp = wo + (kw-1)*dw`` every im2col row is one contiguous slice of
+the padded image (``Wp - wo`` extra columns per output row are computed and ignored).
+That turns im2col from a gather of short rows into ``kh*kw*C`` memcpys: LeNet's conv1
+forward went from 1.03 ms to 0.32 ms at batch 64 (conv2: 0.78 -> 0.46 ms). The backward
+products use the same layout, with the output gradient widened by zero columns.
 """
 
 from __future__ import annotations
@@ -72,9 +79,94 @@ def col2im(col, n, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx):
                             gx[n, c0 + c, iy, ox * sw + off] += col[k, row + ox]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
+def wide_pitch(ho, wo, kh, kw, dh, dw):
+    """(rows, row pitch) of the zero-padded image for the stride-1 wide layout."""
+    return ho + (kh - 1) * dh + 1, wo + (kw - 1) * dw
+
+
+@njit(cache=True)
+def pad_image(x, n, c0, cg, ph, pw, xp):
+    """xp[c] = x[n, c0 + c] placed at (ph, pw) in zeros; xp is [cg, Hp, Wp]."""
+    H = x.shape[2]
+    W = x.shape[3]
+    xp[:] = 0
+    for c in range(cg):
+        for iy in range(H):
+            xp[c, iy + ph, pw : pw + W] = x[n, c0 + c, iy]
+
+
+@njit(cache=True)
+def im2col_wide(xp, kh, kw, dh, dw, ho, col):
+    """col[(c*kh+i)*kw+j, q] = xp[c].flat[i*dh*Wp + j*dw + q] for q < ho*Wp (stride 1)."""
+    Wp = xp.shape[2]
+    L = ho * Wp
+    for c in range(xp.shape[0]):
+        flat = xp[c].reshape(-1)
+        for i in range(kh):
+            for j in range(kw):
+                s = i * dh * Wp + j * dw
+                col[(c * kh + i) * kw + j, :] = flat[s : s + L]
+
+
+@njit(cache=True)
+def col2im_wide(col, kh, kw, dh, dw, ho, xp):
+    """The adjoint of :func:`im2col_wide`: xp[c].flat[s_k : s_k + ho*Wp] += col[k]."""
+    Wp = xp.shape[2]
+    L = ho * Wp
+    for c in range(xp.shape[0]):
+        flat = xp[c].reshape(-1)
+        for i in range(kh):
+            for j in range(kw):
+                s = i * dh * Wp + j * dw
+                flat[s : s + L] += col[(c * kh + i) * kw + j]
+
+
+@njit(cache=True)
+def widen(gy, n, ho, wo, Wp, out):
+    """out[o, oy*Wp + ox] = gy[n, o, oy*wo + ox]; the extra columns are zero."""
+    out[:] = 0
+    for o in range(gy.shape[1]):
+        for oy in range(ho):
+            out[o, oy * Wp : oy * Wp + wo] = gy[n, o, oy * wo : (oy + 1) * wo]
+
+
+@njit(cache=True)
 def conv2d_backward_input(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx):
     """gx[n] = col2im(w^T @ gy[n]) per image; gy is [N, O, Ho*Wo], gx [N, C, H, W]."""
+    if sh == 1 and sw == 1:
+        _backward_input_wide(gy, w, ph, pw, dh, dw, groups, ho, wo, gx)
+    else:
+        _backward_input_strided(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx)
+
+
+@njit(cache=True, parallel=True)
+def _backward_input_wide(gy, w, ph, pw, dh, dw, groups, ho, wo, gx):
+    N = gx.shape[0]
+    C = gx.shape[1]
+    H = gx.shape[2]
+    W = gx.shape[3]
+    O = w.shape[0]
+    cg = w.shape[1]
+    kh = w.shape[2]
+    kw = w.shape[3]
+    og = O // groups
+    w2 = w.reshape(O, cg * kh * kw)
+    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
+    for n in prange(N):
+        gyw = np.empty((O, ho * Wp), dtype=gy.dtype)
+        widen(gy, n, ho, wo, Wp, gyw)
+        xp = np.zeros((C, Hp, Wp), dtype=gx.dtype)
+        for g in range(groups):
+            gcol = np.dot(w2[g * og : (g + 1) * og].T, gyw[g * og : (g + 1) * og])
+            col2im_wide(gcol, kh, kw, dh, dw, ho, xp[g * cg : (g + 1) * cg])
+        for c in range(C):
+            for iy in range(H):
+                gx[n, c, iy] = xp[c, iy + ph, pw : pw + W]
+
+
+@njit(cache=True, parallel=True)
+def _backward_input_strided(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx):
     N = gx.shape[0]
     O = w.shape[0]
     cg = w.shape[1]
@@ -94,21 +186,34 @@ def conv2d_backward_input(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx):
 def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw):
     """gw = sum_n gy[n] @ im2col(x[n])^T; one partial sum per thread, then reduced."""
     N = x.shape[0]
+    C = x.shape[1]
     O = gw.shape[0]
     cg = gw.shape[1]
     kh = gw.shape[2]
     kw = gw.shape[3]
     og = O // groups
     kg = cg * kh * kw
-    P = ho * wo
+    wide = sh == 1 and sw == 1
+    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
+    P = ho * Wp if wide else ho * wo
     chunks = max(1, min(N, nt))
     part = np.zeros((chunks, O, kg), dtype=gw.dtype)
     for t in prange(chunks):
         col = np.empty((kg, P), dtype=x.dtype)
+        # the padded image and widened gradient exist only in the wide layout
+        xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=x.dtype)
+        gyw = np.empty((O, P) if wide else (1, 1), dtype=gy.dtype)
         for n in range(t, N, chunks):
+            if wide:
+                pad_image(x, n, 0, C, ph, pw, xp)
+                widen(gy, n, ho, wo, Wp, gyw)
             for g in range(groups):
-                im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
-                part[t, g * og : (g + 1) * og] += np.dot(gy[n, g * og : (g + 1) * og], col.T)
+                if wide:
+                    im2col_wide(xp[g * cg : (g + 1) * cg], kh, kw, dh, dw, ho, col)
+                    part[t, g * og : (g + 1) * og] += np.dot(gyw[g * og : (g + 1) * og], col.T)
+                else:
+                    im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
+                    part[t, g * og : (g + 1) * og] += np.dot(gy[n, g * og : (g + 1) * og], col.T)
     g2 = gw.reshape(O, kg)
     g2[:] = part[0]
     for t in range(1, chunks):
@@ -121,24 +226,32 @@ _FORWARD = """\
 def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, sh, sw, ph, pw, dh, dw, groups, ho, wo,
            pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am):
     N = x.shape[0]
+    C = x.shape[1]
     O = w.shape[0]
     cg = w.shape[1]
     kh = w.shape[2]
     kw = w.shape[3]
     og = O // groups
     kg = cg * kh * kw
-    P = ho * wo
+    wide = sh == 1 and sw == 1
+    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
+    rw = Wp if wide else wo  # the row pitch of the GEMM output r
     w2 = w.reshape(O, kg)
 {bn_prologue}
     for n in prange(N):
-        col = np.empty((kg, P), dtype=x.dtype)
-        r = np.empty((O, P), dtype=x.dtype)
-        if groups == 1:
-            im2col(x, n, 0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
-            np.dot(w2, col, r)
-        else:
-            for g in range(groups):
+        col = np.empty((kg, ho * rw), dtype=x.dtype)
+        r = np.empty((O, ho * rw), dtype=x.dtype)
+        xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=x.dtype)
+        if wide:
+            pad_image(x, n, 0, C, ph, pw, xp)
+        for g in range(groups):
+            if wide:
+                im2col_wide(xp[g * cg:(g + 1) * cg], kh, kw, dh, dw, ho, col)
+            else:
                 im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
+            if groups == 1:
+                np.dot(w2, col, r)
+            else:
                 r[g * og:(g + 1) * og] = np.dot(w2[g * og:(g + 1) * og], col)
 {store}
 """
@@ -155,10 +268,11 @@ _STORE_PLAIN = """\
         for o in range(O):
             bo = b[o]
 {bn_load}
-            for p in range(P):
-                v = r[o, p] + bo
+            for oy in range(ho):
+                for ox in range(wo):
+                    v = r[o, oy * rw + ox] + bo
 {epi}
-                y[n, o, p] = v"""
+                    y[n, o, oy * wo + ox] = v"""
 
 _STORE_MAX = """\
         for o in range(O):
@@ -176,7 +290,7 @@ _STORE_MAX = """\
                             for c in range(pkw):
                                 xx = x0 + c
                                 if 0 <= xx < wo:
-                                    v = r[o, yy * wo + xx] + bo
+                                    v = r[o, yy * rw + xx] + bo
 {epi_deep}
                                     if v > best or v != v:
                                         best = v
@@ -196,7 +310,7 @@ _STORE_AVG = """\
                     acc = 0.0
                     for a in range(pkh):
                         for c in range(pkw):
-                            v = r[o, (y0 + a) * wo + x0 + c] + bo
+                            v = r[o, (y0 + a) * rw + x0 + c] + bo
 {epi_deep}
                             acc += v
                     y[n, o, py * wp + px] = acc * inv"""
@@ -219,7 +333,7 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str
     epi = epilogue_lines(acts, has_bn)
     bn_load = _indent(["so = bn_s[o]", "to = bn_t[o]"] if has_bn else [], 12)
     if pool == "none":
-        store = _STORE_PLAIN.format(bn_load=bn_load, epi=_indent(epi, 16))
+        store = _STORE_PLAIN.format(bn_load=bn_load, epi=_indent(epi, 20))
     elif pool in ("max", "max_argmax"):
         am = "                    am[n, o, py * wp + px] = arg" if pool == "max_argmax" else ""
         store = _STORE_MAX.format(bn_load=bn_load, epi_deep=_indent(epi, 36), argmax_store=am)
@@ -228,7 +342,8 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str
     body = _FORWARD.format(bn_prologue=_BN_PROLOGUE if has_bn else "", store=store)
     header = (
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
-        "from convforge.backends.numba_cpu.kernels.conv import im2col\n\n\n"
+        "from convforge.backends.numba_cpu.kernels.conv import (\n"
+        "    im2col, im2col_wide, pad_image, wide_pitch,\n)\n\n\n"
     )
     return header + body
 
