@@ -96,8 +96,9 @@ class Context:
         return name
 
     def dummy_u8(self) -> str:
+        """An empty u8 stand-in for an optional output a kernel then skips (``am.shape[0] == 0``)."""
         name = f"Z{len(self.consts)}"
-        self.consts.append(f"{name} = np.zeros((1, 1, 1), dtype=np.uint8)")
+        self.consts.append(f"{name} = np.zeros((0, 0, 0), dtype=np.uint8)")
         return name
 
     def temp(self, value: Value) -> str:

@@ -131,29 +131,57 @@ def widen(gy, n, ho, wo, Wp, out):
             out[o, oy * Wp : oy * Wp + wo] = gy[n, o, oy * wo : (oy + 1) * wo]
 
 
+# Parallel kernels keep their ``prange`` bodies to one call of a plain ``@njit`` helper:
+# Numba's parfor lowering cost grows with the body it has to analyse, and a helper is
+# compiled (and cached) once for every kernel that calls it. This halved the cold compile
+# of LeNet's training program.
+
+
 @njit(cache=True)
-def conv2d_backward_input(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx):
-    """gx[n] = col2im(w^T @ gy[n]) per image; gy is [N, O, Ho*Wo], gx [N, C, H, W]."""
-    if sh == 1 and sw == 1:
-        _backward_input_wide(gy, w, ph, pw, dh, dw, groups, ho, wo, gx)
-    else:
-        _backward_input_strided(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx)
+def conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r):
+    """r = W @ im2col(x[n]) for one image, group by group; wide layout when ``xp`` is used."""
+    O = w2.shape[0]
+    og = O // groups
+    cg = x.shape[1] // groups
+    wide = sh == 1 and sw == 1
+    if wide:
+        pad_image(x, n, 0, x.shape[1], ph, pw, xp)
+    for g in range(groups):
+        if wide:
+            im2col_wide(xp[g * cg : (g + 1) * cg], kh, kw, dh, dw, ho, col)
+        else:
+            im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
+        if groups == 1:
+            np.dot(w2, col, r)
+        else:
+            r[g * og : (g + 1) * og] = np.dot(w2[g * og : (g + 1) * og], col)
 
 
-@njit(cache=True, parallel=True)
-def _backward_input_wide(gy, w, ph, pw, dh, dw, groups, ho, wo, gx):
-    N = gx.shape[0]
+@njit(cache=True)
+def conv_buffers(x, O, cg, kh, kw, sh, sw, dh, dw, ho, wo):
+    """Per-thread scratch for :func:`conv_gemm_image`: (col, padded image, r, row pitch)."""
+    C = x.shape[1]
+    wide = sh == 1 and sw == 1
+    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
+    rw = Wp if wide else wo
+    kg = cg * kh * kw
+    col = np.empty((kg, ho * rw), dtype=x.dtype)
+    xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=x.dtype)
+    r = np.empty((O, ho * rw), dtype=x.dtype)
+    return col, xp, r, rw
+
+
+@njit(cache=True)
+def backward_input_image(gy, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx):
+    """gx[n] = col2im(W^T @ gy[n]) for one image."""
     C = gx.shape[1]
     H = gx.shape[2]
     W = gx.shape[3]
-    O = w.shape[0]
-    cg = w.shape[1]
-    kh = w.shape[2]
-    kw = w.shape[3]
+    O = w2.shape[0]
     og = O // groups
-    w2 = w.reshape(O, cg * kh * kw)
-    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
-    for n in prange(N):
+    cg = C // groups
+    if sh == 1 and sw == 1:
+        Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
         gyw = np.empty((O, ho * Wp), dtype=gy.dtype)
         widen(gy, n, ho, wo, Wp, gyw)
         xp = np.zeros((C, Hp, Wp), dtype=gx.dtype)
@@ -163,19 +191,7 @@ def _backward_input_wide(gy, w, ph, pw, dh, dw, groups, ho, wo, gx):
         for c in range(C):
             for iy in range(H):
                 gx[n, c, iy] = xp[c, iy + ph, pw : pw + W]
-
-
-@njit(cache=True, parallel=True)
-def _backward_input_strided(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx):
-    N = gx.shape[0]
-    O = w.shape[0]
-    cg = w.shape[1]
-    kh = w.shape[2]
-    kw = w.shape[3]
-    og = O // groups
-    kg = cg * kh * kw
-    w2 = w.reshape(O, kg)
-    for n in prange(N):
+    else:
         gx[n] = 0
         for g in range(groups):
             gcol = np.dot(w2[g * og : (g + 1) * og].T, gy[n, g * og : (g + 1) * og])
@@ -183,37 +199,52 @@ def _backward_input_strided(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx):
 
 
 @njit(cache=True, parallel=True)
-def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw):
-    """gw = sum_n gy[n] @ im2col(x[n])^T; one partial sum per thread, then reduced."""
+def conv2d_backward_input(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx):
+    """gx[n] = col2im(w^T @ gy[n]) per image; gy is [N, O, Ho*Wo], gx [N, C, H, W]."""
+    O, cg, kh, kw = w.shape
+    w2 = w.reshape(O, cg * kh * kw)
+    for n in prange(gx.shape[0]):
+        backward_input_image(gy, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx)
+
+
+@njit(cache=True)
+def backward_weight_chunk(x, gy, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, part):
+    """part += gy[n] @ im2col(x[n])^T over images n = t, t + chunks, ..."""
     N = x.shape[0]
     C = x.shape[1]
-    O = gw.shape[0]
-    cg = gw.shape[1]
-    kh = gw.shape[2]
-    kw = gw.shape[3]
+    O = part.shape[0]
     og = O // groups
-    kg = cg * kh * kw
+    cg = C // groups
+    kg = part.shape[1]
     wide = sh == 1 and sw == 1
     Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
     P = ho * Wp if wide else ho * wo
-    chunks = max(1, min(N, nt))
+    col = np.empty((kg, P), dtype=x.dtype)
+    # the padded image and widened gradient exist only in the wide layout
+    xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=x.dtype)
+    gyw = np.empty((O, P) if wide else (1, 1), dtype=gy.dtype)
+    for n in range(t, N, chunks):
+        if wide:
+            pad_image(x, n, 0, C, ph, pw, xp)
+            widen(gy, n, ho, wo, Wp, gyw)
+        for g in range(groups):
+            if wide:
+                im2col_wide(xp[g * cg : (g + 1) * cg], kh, kw, dh, dw, ho, col)
+                part[g * og : (g + 1) * og] += np.dot(gyw[g * og : (g + 1) * og], col.T)
+            else:
+                im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
+                part[g * og : (g + 1) * og] += np.dot(gy[n, g * og : (g + 1) * og], col.T)
+
+
+@njit(cache=True, parallel=True)
+def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw):
+    """gw = sum_n gy[n] @ im2col(x[n])^T; one partial sum per thread, then reduced."""
+    O, cg, kh, kw = gw.shape
+    kg = cg * kh * kw
+    chunks = max(1, min(x.shape[0], nt))
     part = np.zeros((chunks, O, kg), dtype=gw.dtype)
     for t in prange(chunks):
-        col = np.empty((kg, P), dtype=x.dtype)
-        # the padded image and widened gradient exist only in the wide layout
-        xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=x.dtype)
-        gyw = np.empty((O, P) if wide else (1, 1), dtype=gy.dtype)
-        for n in range(t, N, chunks):
-            if wide:
-                pad_image(x, n, 0, C, ph, pw, xp)
-                widen(gy, n, ho, wo, Wp, gyw)
-            for g in range(groups):
-                if wide:
-                    im2col_wide(xp[g * cg : (g + 1) * cg], kh, kw, dh, dw, ho, col)
-                    part[t, g * og : (g + 1) * og] += np.dot(gyw[g * og : (g + 1) * og], col.T)
-                else:
-                    im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
-                    part[t, g * og : (g + 1) * og] += np.dot(gy[n, g * og : (g + 1) * og], col.T)
+        backward_weight_chunk(x, gy, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, part[t])
     g2 = gw.reshape(O, kg)
     g2[:] = part[0]
     for t in range(1, chunks):
@@ -226,33 +257,15 @@ _FORWARD = """\
 def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, sh, sw, ph, pw, dh, dw, groups, ho, wo,
            pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am):
     N = x.shape[0]
-    C = x.shape[1]
     O = w.shape[0]
-    cg = w.shape[1]
+    w2 = w.reshape(O, w.shape[1] * w.shape[2] * w.shape[3])
     kh = w.shape[2]
     kw = w.shape[3]
-    og = O // groups
-    kg = cg * kh * kw
-    wide = sh == 1 and sw == 1
-    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
-    rw = Wp if wide else wo  # the row pitch of the GEMM output r
-    w2 = w.reshape(O, kg)
+    want_arg = am.shape[0] == N  # a real argmax buffer (training), not the empty stand-in
 {bn_prologue}
     for n in prange(N):
-        col = np.empty((kg, ho * rw), dtype=x.dtype)
-        r = np.empty((O, ho * rw), dtype=x.dtype)
-        xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=x.dtype)
-        if wide:
-            pad_image(x, n, 0, C, ph, pw, xp)
-        for g in range(groups):
-            if wide:
-                im2col_wide(xp[g * cg:(g + 1) * cg], kh, kw, dh, dw, ho, col)
-            else:
-                im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
-            if groups == 1:
-                np.dot(w2, col, r)
-            else:
-                r[g * og:(g + 1) * og] = np.dot(w2[g * og:(g + 1) * og], col)
+        col, xp, r, rw = conv_buffers(x, O, w.shape[1], kh, kw, sh, sw, dh, dw, ho, wo)
+        conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r)
 {store}
 """
 
@@ -278,41 +291,58 @@ _STORE_MAX = """\
         for o in range(O):
             bo = b[o]
 {bn_load}
+            # the epilogue runs over whole GEMM rows (a vectorisable loop), then the pool reads them
+            for q in range(ho * rw):
+                v = r[o, q] + bo
+{epi_row}
+                r[o, q] = v
             for py in range(hp):
                 y0 = py * psh - pph
                 for px in range(wp):
                     x0 = px * psw - ppw
                     best = -np.inf
                     arg = 0
-                    for a in range(pkh):
-                        yy = y0 + a
-                        if 0 <= yy < ho:
+                    if y0 >= 0 and x0 >= 0 and y0 + pkh <= ho and x0 + pkw <= wo:
+                        for a in range(pkh):
+                            base = (y0 + a) * rw + x0
                             for c in range(pkw):
-                                xx = x0 + c
-                                if 0 <= xx < wo:
-                                    v = r[o, yy * rw + xx] + bo
-{epi_deep}
-                                    if v > best or v != v:
-                                        best = v
-                                        arg = a * pkw + c
+                                v = r[o, base + c]
+                                if v > best or v != v:
+                                    best = v
+                                    arg = a * pkw + c
+                    else:  # a window over the pool's padding
+                        for a in range(pkh):
+                            yy = y0 + a
+                            if 0 <= yy < ho:
+                                for c in range(pkw):
+                                    xx = x0 + c
+                                    if 0 <= xx < wo:
+                                        v = r[o, yy * rw + xx]
+                                        if v > best or v != v:
+                                            best = v
+                                            arg = a * pkw + c
                     y[n, o, py * wp + px] = best
-{argmax_store}"""
+                    if want_arg:
+                        am[n, o, py * wp + px] = arg"""
 
 _STORE_AVG = """\
         inv = 1.0 / (pkh * pkw)
         for o in range(O):
             bo = b[o]
 {bn_load}
+            for q in range(ho * rw):
+                v = r[o, q] + bo
+{epi_row}
+                r[o, q] = v
             for py in range(hp):
                 y0 = py * psh
                 for px in range(wp):
                     x0 = px * psw
                     acc = 0.0
                     for a in range(pkh):
+                        base = (y0 + a) * rw + x0
                         for c in range(pkw):
-                            v = r[o, (y0 + a) * rw + x0 + c] + bo
-{epi_deep}
-                            acc += v
+                            acc += r[o, base + c]
                     y[n, o, py * wp + px] = acc * inv"""
 
 
@@ -329,21 +359,23 @@ def epilogue_lines(acts: list[tuple[str, dict]], has_bn: bool) -> list[str]:
 
 
 def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str:
-    """Source of the fused conv kernel for one epilogue: ``pool`` is none|max|max_argmax|avg."""
+    """Source of the fused conv kernel for one epilogue: ``pool`` is none|max|avg.
+
+    The max-pool variant writes the argmax only when ``am`` is a real buffer (training), so
+    inference and training share one compiled kernel.
+    """
     epi = epilogue_lines(acts, has_bn)
     bn_load = _indent(["so = bn_s[o]", "to = bn_t[o]"] if has_bn else [], 12)
     if pool == "none":
         store = _STORE_PLAIN.format(bn_load=bn_load, epi=_indent(epi, 20))
-    elif pool in ("max", "max_argmax"):
-        am = "                    am[n, o, py * wp + px] = arg" if pool == "max_argmax" else ""
-        store = _STORE_MAX.format(bn_load=bn_load, epi_deep=_indent(epi, 36), argmax_store=am)
+    elif pool == "max":
+        store = _STORE_MAX.format(bn_load=bn_load, epi_row=_indent(epi, 16))
     else:
-        store = _STORE_AVG.format(bn_load=bn_load, epi_deep=_indent(epi, 28))
+        store = _STORE_AVG.format(bn_load=bn_load, epi_row=_indent(epi, 16))
     body = _FORWARD.format(bn_prologue=_BN_PROLOGUE if has_bn else "", store=store)
     header = (
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
-        "from convforge.backends.numba_cpu.kernels.conv import (\n"
-        "    im2col, im2col_wide, pad_image, wide_pitch,\n)\n\n\n"
+        "from convforge.backends.numba_cpu.kernels.conv import conv_buffers, conv_gemm_image\n\n\n"
     )
     return header + body
 
@@ -388,7 +420,7 @@ def emit_forward(
     """Emit one fused conv kernel call (the conv, then BN, activations and pool from the region)."""
     pool_kind = "none"
     if pool is not None:
-        pool_kind = "avg" if pool.op == "avg_pool2d" else ("max_argmax" if am else "max")
+        pool_kind = "avg" if pool.op == "avg_pool2d" else "max"
     key = ("conv", tuple((op, tuple(sorted(at.items()))) for op, at in acts), bn is not None, pool_kind)
     src = forward_source(acts, bn is not None, pool_kind)
     pattern = " -> ".join(
