@@ -423,9 +423,11 @@ def emit_forward(
         pool_kind = "avg" if pool.op == "avg_pool2d" else "max"
     key = ("conv", tuple((op, tuple(sorted(at.items()))) for op, at in acts), bn is not None, pool_kind)
     src = forward_source(acts, bn is not None, pool_kind)
+    # one file for max_pool2d and max_pool2d_argmax: the kernel writes the argmax when given a buffer
+    pool_name = {"max_pool2d": "max_pool2d(+argmax)", "max_pool2d_argmax": "max_pool2d(+argmax)"}
     pattern = " -> ".join(
         [conv.op, *(["batch_norm"] if bn else []), *(op for op, _ in acts)]
-        + ([pool.op] if pool is not None else [])
+        + ([pool_name.get(pool.op, pool.op)] if pool is not None else [])
     )
     k = ctx.generated(key, src, pattern)
     xin, win = conv.inputs[0], conv.inputs[1]
