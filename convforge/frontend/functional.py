@@ -60,18 +60,7 @@ def conv2d(
     backend: str | None = None,
 ) -> Tensor:
     """2-D cross-correlation over NCHW input; ``padding`` may be an int, a pair, "same" or "valid"."""
-    kernel = tuple(_shape_of(weight))[2:]
-    pad = resolve_padding(
-        padding, kernel, _pair(dilation, "dilation", 2), _pair(stride, "stride", 2), "conv2d"
-    )
-    attrs = {"stride": stride, "padding": pad, "dilation": dilation, "groups": groups}
-    return _call(
-        "conv2d",
-        [input, weight] + ([bias] if bias is not None else []),
-        attrs,
-        backend,
-        ("input", "weight", "bias"),
-    )
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups, backend)
 
 
 def conv1d(
@@ -86,18 +75,28 @@ def conv1d(
     backend: str | None = None,
 ) -> Tensor:
     """1-D cross-correlation over NCL input."""
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups, backend)
+
+
+def _conv(
+    op: str,
+    dims: int,
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+    backend: str | None,
+) -> Tensor:
     kernel = tuple(_shape_of(weight))[2:]
     pad = resolve_padding(
-        padding, kernel, _pair(dilation, "dilation", 1), _pair(stride, "stride", 1), "conv1d"
+        padding, kernel, _pair(dilation, "dilation", dims), _pair(stride, "stride", dims), op
     )
     attrs = {"stride": stride, "padding": pad, "dilation": dilation, "groups": groups}
-    return _call(
-        "conv1d",
-        [input, weight] + ([bias] if bias is not None else []),
-        attrs,
-        backend,
-        ("input", "weight", "bias"),
-    )
+    tensors = [input, weight] + ([bias] if bias is not None else [])
+    return _call(op, tensors, attrs, backend, ("input", "weight", "bias"))
 
 
 def resolve_padding(

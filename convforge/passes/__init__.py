@@ -1,7 +1,14 @@
 """Graph passes. Importing this package registers every pass by name."""
 
-import importlib
-
+from convforge.passes import (  # noqa: F401  (each import registers its pass)
+    autodiff,
+    canonicalize,
+    cse,
+    dce,
+    fold_batchnorm,
+    fuse,
+    memory_plan,
+)
 from convforge.passes.manager import (
     DumpIR,
     Instrument,
@@ -13,13 +20,6 @@ from convforge.passes.manager import (
     parse_pipeline,
     register_pass,
 )
-
-for _module in ("dce", "cse", "canonicalize", "autodiff", "fold_batchnorm", "fuse", "memory_plan"):
-    try:
-        importlib.import_module(f"convforge.passes.{_module}")
-    except ModuleNotFoundError as _exc:  # a pass module still being written must not break the rest
-        if _exc.name != f"convforge.passes.{_module}":
-            raise
 
 __all__ = [
     "DumpIR",
