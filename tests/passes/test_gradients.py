@@ -331,3 +331,21 @@ def test_every_differentiable_documented_op_has_a_vjp():
     assert not unknown, f"docs/ops.md lists ops no family registers: {', '.join(unknown)}"
     without = sorted(n for n in forward if not ops[n].has_vjp)
     assert not without, f"differentiable ops without a VJP: {', '.join(without)}"
+
+
+# -- every backend runs the same joint graphs ----------------------------------------------
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_joint_graph_agrees_on_every_backend(case: Case, backend: str):
+    """Forward + the VJP-derived backward of each case, compiled by ``backend`` (the shared
+    backend parametrisation of tests/conftest.py), equals the reference in float32."""
+    from convforge.backends import get_backend
+
+    arrays = _make_inputs(case, "f32")
+    g, wrt, u = _build(case, arrays)
+    inputs = {**arrays, "u": u}
+    want = run_graph(g, inputs)
+    got = get_backend(backend).compile_graph(g, training=True).run(inputs)
+    names = ["loss", *(f"d/d{name}" for name in wrt)]
+    for label, a, b in zip(names, got, want):
+        mismatch = compare_arrays(a, b, tolerance("f32", "reference", backend))
+        assert mismatch is None, f"{case.id} {label} on {backend}: {mismatch}"
