@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import BACKENDS
 
 from convforge.backends.reference import run_graph
 from convforge.ir.graph import Graph
@@ -335,9 +336,11 @@ def test_every_differentiable_documented_op_has_a_vjp():
 
 # -- every backend runs the same joint graphs ----------------------------------------------
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("backend", [*BACKENDS, "numba-cuda"])
 def test_joint_graph_agrees_on_every_backend(case: Case, backend: str):
     """Forward + the VJP-derived backward of each case, compiled by ``backend`` (the shared
-    backend parametrisation of tests/conftest.py), equals the reference in float32."""
+    backends of tests/conftest.py, and numba-cuda: on its simulator the cases are small
+    enough), equals the reference in float32."""
     from convforge.backends import get_backend
 
     arrays = _make_inputs(case, "f32")

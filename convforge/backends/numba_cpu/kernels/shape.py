@@ -11,7 +11,7 @@ from convforge.backends.numba_cpu.kernels import lowering
 
 @lowering("flatten", "reshape")
 def _(ctx, node, ins, outs):
-    ctx.view(node.outputs[0], f"{ins[0]}.reshape({ctx.shape_expr(node.outputs[0])})")
+    ctx.view(node.outputs[0], f"{ins[0]}.reshape(({ctx.shape_expr(node.outputs[0])}))")
 
 
 @lowering("concat")
