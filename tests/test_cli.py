@@ -78,3 +78,37 @@ def test_svg_picture(tmp_path):
     path = draw_graph(graph, tmp_path / "resnet.svg")
     assert path.read_text().lstrip().startswith("<?xml")
     assert np.isfinite(path.stat().st_size)
+
+
+def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path, monkeypatch):
+    from convforge import training
+
+    real = training._run_epoch
+
+    def interrupt_second(step, net, loader, epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(step, net, loader, epoch, *args)
+
+    monkeypatch.setattr(training, "_run_epoch", interrupt_second)
+    config = training.TrainConfig(
+        epochs=3, limit=128, batch_size=32, backend="reference", out=str(tmp_path), progress=False
+    )
+    result = training.train(config, log=lambda _: None)
+    assert result.interrupted and len(result.history) == 1
+    assert cf.load(tmp_path / "weights.npz")["optimizer/step"] == 4  # 128 images / 32 per step
+    assert (
+        main(
+            [
+                "train",
+                "--epochs",
+                "0",
+                "--backend",
+                "reference",
+                "--out",
+                str(tmp_path / "none"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
