@@ -172,6 +172,35 @@ class _Program:
         self.graph = graph
         self.executable = executable
         self.roles = roles  # per output: ("loss", ""), ("grad", name), ("store", key)
+        #: outputs the backend may write straight into the store array they replace
+        self.in_place = _in_place_updates(graph, roles) if getattr(executable, "supports_out", False) else {}
+
+
+#: update ops that read element i of the parameter and its state before writing element i
+_ELEMENTWISE_UPDATES = ("sgd_update", "adam_update")
+
+
+def _in_place_updates(graph: Graph, roles: list[tuple[str, str]]) -> dict[int, str]:
+    """Output index -> store key for updates that can overwrite their input array: the
+    producer is an elementwise optimizer update and every other reader of the old value
+    runs before it."""
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+    inputs = {v.name: v for v in graph.inputs}
+    found = {}
+    for j, (role, key) in enumerate(roles):
+        producer = graph.outputs[j].producer
+        if (
+            role != "store"
+            or producer is None
+            or producer.op not in _ELEMENTWISE_UPDATES
+            or key not in inputs
+        ):
+            continue
+        if key not in {v.name for v in producer.inputs}:
+            continue
+        if all(position[id(user)] <= position[id(producer)] for user in inputs[key].users):
+            found[j] = key
+    return found
 
 
 class TrainStep:
@@ -237,10 +266,10 @@ class TrainStep:
         if hasattr(program.executable, "run_device"):
             loss = self._step_on_device(program, x, y)
         else:
-            outputs = self._run(program, x, y, step=self.steps + 1)
+            outputs = self._run(program, x, y, step=self.steps + 1, in_place=True)
             loss = float(outputs[0])
-            for (role, key), value in zip(program.roles, outputs):
-                if role == "store":
+            for j, ((role, key), value) in enumerate(zip(program.roles, outputs)):
+                if role == "store" and j not in program.in_place:
                     np.copyto(self._store.arrays[key], value)
         self.steps += 1
         if self.training:
@@ -419,7 +448,7 @@ class TrainStep:
         executable = get_backend(self.backend).compile_graph(graph, training=True)
         return _Program(getattr(executable, "graph", graph), executable, roles)
 
-    def _run(self, program: _Program, x: Any, y: Any, step: int) -> list[np.ndarray]:
+    def _run(self, program: _Program, x: Any, y: Any, step: int, in_place: bool = False) -> list[np.ndarray]:
         arr = check_input(x, self.input_type, self.name)
         target = self._check_target(y, arr.shape[0])
         inputs: dict[str, np.ndarray] = {}
@@ -432,6 +461,10 @@ class TrainStep:
                 inputs["step"] = np.asarray(step, dtype=np.int64)
             else:
                 inputs[v.name] = self._store.arrays[v.name]
+        if in_place and program.in_place:
+            return program.executable.run(
+                inputs, out={j: self._store.arrays[k] for j, k in program.in_place.items()}
+            )
         return program.executable.run(inputs)
 
     def _check_target(self, y: Any, batch: int) -> np.ndarray:

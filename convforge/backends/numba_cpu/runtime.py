@@ -13,6 +13,7 @@ import numpy as np
 from convforge.backends import cache
 from convforge.backends.base import check_inputs, check_labels
 from convforge.backends.numba_cpu.codegen import Program, generate
+from convforge.errors import ConvforgeError
 from convforge.ir.graph import Graph
 from convforge.passes.memory_plan import ALIAS_OPS, MemoryPlan, plan_memory
 
@@ -82,7 +83,15 @@ class NumbaCpuExecutable:
             self._buffers[batch] = (plan, views)
         return self._buffers[batch]
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    #: ``run`` accepts ``out``: caller-owned arrays to write chosen outputs into
+    supports_out = True
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], out: Mapping[int, np.ndarray] | None = None
+    ) -> list[np.ndarray]:
+        """Run the graph; outputs are fresh arrays, except those the caller hands in ``out``
+        (output index -> array), which are written in place (a training step updates its
+        weights this way instead of copying new ones over them)."""
         batch = check_inputs(self.graph, inputs)
         for name, classes in self._labels:
             check_labels(name, inputs[name], classes)
@@ -93,6 +102,17 @@ class NumbaCpuExecutable:
         ]
         _, views = self._bind(batch)
         outs = [np.empty(v.type.concrete(batch), dtype=v.type.np_dtype) for v in self.graph.outputs]
+        for j, arr in (out or {}).items():
+            v = self.graph.outputs[j]
+            if (
+                arr.shape != v.type.concrete(batch)
+                or arr.dtype != v.type.np_dtype
+                or not arr.flags.c_contiguous
+            ):
+                raise ConvforgeError(
+                    f"out[{j}] must be a C-contiguous {v.type} array, got {arr.dtype}{list(arr.shape)}"
+                )
+            outs[j] = arr
         self.program.run(batch, arrays, views, outs, tuple(k.dispatcher for k in self.program.kernels))
         if not self._reported:
             self._reported = True

@@ -152,3 +152,26 @@ def test_second_process_loads_from_cache(tmp_path):
     assert compiled_first >= 1
     assert (compiled_second, loaded_second) == (0, compiled_first)
     assert "loaded from cache" in runs[1].stderr
+
+
+def test_training_step_updates_weights_in_place_and_keeps_returned_arrays():
+    import convforge as cf
+    from convforge.models import lenet5
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 1, 28, 28), dtype=np.float32), np.array([0, 1, 2, 3])
+    steps = {
+        b: cf.compile_train(lenet5(), (None, 1, 28, 28), optimizer=cf.optim.SGD(lr=0.1, momentum=0.9), backend=b)
+        for b in ("reference", "numba-cpu")
+    }
+    steps["numba-cpu"].load_state_dict(steps["reference"].state_dict())
+    before = steps["numba-cpu"].state_dict()
+    for _ in range(2):
+        losses = {b: s(x, y) for b, s in steps.items()}
+        assert losses["numba-cpu"] == pytest.approx(losses["reference"], rel=1e-5)
+    program = steps["numba-cpu"]._program("train")
+    updated = {program.roles[j][1] for j in program.in_place}
+    assert {"0.weight", "optim.0.weight.momentum_buffer", "11.bias"} <= updated
+    for name, value in steps["reference"].state_dict().items():
+        np.testing.assert_allclose(steps["numba-cpu"].state_dict()[name], value, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(before["0.weight"], steps["numba-cpu"].state_dict()["0.weight"])
