@@ -160,8 +160,9 @@ def test_training_step_updates_weights_in_place_and_keeps_returned_arrays():
 
     rng = np.random.default_rng(0)
     x, y = rng.random((4, 1, 28, 28), dtype=np.float32), np.array([0, 1, 2, 3])
+    sgd = cf.optim.SGD(lr=0.1, momentum=0.9)
     steps = {
-        b: cf.compile_train(lenet5(), (None, 1, 28, 28), optimizer=cf.optim.SGD(lr=0.1, momentum=0.9), backend=b)
+        b: cf.compile_train(lenet5(), (None, 1, 28, 28), optimizer=sgd, backend=b)
         for b in ("reference", "numba-cpu")
     }
     steps["numba-cpu"].load_state_dict(steps["reference"].state_dict())
