@@ -135,3 +135,18 @@ def test_residual_model_ir_records_layers_and_lines():
 def test_any_batch_size(batch):
     net = cf.compile(lenet5(), (None, 1, 28, 28), backend="reference")
     assert net(np.zeros((batch, 1, 28, 28), np.float32)).shape == (batch, 10)
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        (lambda: lenet5(), (1, 28, 28)),
+        (lambda: deep_mnist(), (1, 28, 28)),
+        (lambda: resnet_small(), (1, 28, 28)),
+        (lambda: resnet_small(in_channels=3), (3, 32, 32)),
+    ],
+)
+def test_zoo_output_shapes(build, shape):
+    net = cf.compile(build(), (None, *shape), backend="reference")
+    assert net.graph.outputs[0].type.shape == ("N", 10)
+    assert net(np.zeros((2, *shape), np.float32)).shape == (2, 10)
