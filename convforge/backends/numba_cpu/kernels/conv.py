@@ -296,37 +296,10 @@ _STORE_MAX = """\
                 v = r[o, q] + bo
 {epi_row}
                 r[o, q] = v
-            for py in range(hp):
-                y0 = py * psh - pph
-                for px in range(wp):
-                    x0 = px * psw - ppw
-                    best = -np.inf
-                    arg = 0
-                    if y0 >= 0 and x0 >= 0 and y0 + pkh <= ho and x0 + pkw <= wo:
-                        for a in range(pkh):
-                            base = (y0 + a) * rw + x0
-                            for c in range(pkw):
-                                v = r[o, base + c]
-                                if v > best or v != v:
-                                    best = v
-                                    arg = a * pkw + c
-                    else:  # a window over the pool's padding
-                        for a in range(pkh):
-                            yy = y0 + a
-                            if 0 <= yy < ho:
-                                for c in range(pkw):
-                                    xx = x0 + c
-                                    if 0 <= xx < wo:
-                                        v = r[o, yy * rw + xx]
-                                        if v > best or v != v:
-                                            best = v
-                                            arg = a * pkw + c
-                    y[n, o, py * wp + px] = best
-                    if want_arg:
-                        am[n, o, py * wp + px] = arg"""
+            max_pool_plane(r[o], rw, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y[n, o],
+                           am, n, o, want_arg)"""
 
 _STORE_AVG = """\
-        inv = 1.0 / (pkh * pkw)
         for o in range(O):
             bo = b[o]
 {bn_load}
@@ -334,16 +307,49 @@ _STORE_AVG = """\
                 v = r[o, q] + bo
 {epi_row}
                 r[o, q] = v
-            for py in range(hp):
-                y0 = py * psh
-                for px in range(wp):
-                    x0 = px * psw
-                    acc = 0.0
-                    for a in range(pkh):
-                        base = (y0 + a) * rw + x0
-                        for c in range(pkw):
-                            acc += r[o, base + c]
-                    y[n, o, py * wp + px] = acc * inv"""
+            avg_pool_plane(r[o], rw, pkh, pkw, psh, psw, hp, wp, y[n, o])"""
+
+
+@njit(cache=True)
+def max_pool_plane(ro, rw, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, yo, am, n, o, want_arg):
+    """Max-pool one channel of a GEMM output (row pitch ``rw``) into ``yo``; with
+    ``want_arg`` also store each window's first-maximum tap in ``am[n, o]``.
+
+    A separate function rather than inline code in the parallel kernel: Numba compiles it
+    once (cached), and inline it ran 1.7x slower inside the ``prange`` body (measured)."""
+    for py in range(hp):
+        y0 = py * psh - pph
+        for px in range(wp):
+            x0 = px * psw - ppw
+            best = -np.inf
+            arg = 0
+            for a in range(pkh):
+                yy = y0 + a
+                if 0 <= yy < ho:
+                    for c in range(pkw):
+                        xx = x0 + c
+                        if 0 <= xx < wo:
+                            v = ro[yy * rw + xx]
+                            if v > best or v != v:  # NaN wins, as in PyTorch
+                                best = v
+                                arg = a * pkw + c
+            yo[py * wp + px] = best
+            if want_arg:
+                am[n, o, py * wp + px] = arg
+
+
+@njit(cache=True)
+def avg_pool_plane(ro, rw, pkh, pkw, psh, psw, hp, wp, yo):
+    """Average-pool one channel (no padding: the fuse pass only fuses such pools)."""
+    inv = 1.0 / (pkh * pkw)
+    for py in range(hp):
+        for px in range(wp):
+            acc = 0.0
+            for a in range(pkh):
+                base = (py * psh + a) * rw + px * psw
+                for c in range(pkw):
+                    acc += ro[base + c]
+            yo[py * wp + px] = acc * inv
 
 
 def _indent(lines: list[str], depth: int) -> str:
@@ -375,7 +381,8 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str
     body = _FORWARD.format(bn_prologue=_BN_PROLOGUE if has_bn else "", store=store)
     header = (
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
-        "from convforge.backends.numba_cpu.kernels.conv import conv_buffers, conv_gemm_image\n\n\n"
+        "from convforge.backends.numba_cpu.kernels.conv import (\n"
+        "    avg_pool_plane, conv_buffers, conv_gemm_image, max_pool_plane,\n)\n\n\n"
     )
     return header + body
 
