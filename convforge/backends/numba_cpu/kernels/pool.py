@@ -207,54 +207,31 @@ def _dil(attrs) -> str:
     return f"{d[0]}, {d[1]}"
 
 
-@lowering("max_pool2d")
-def _(ctx, node, ins, outs):
-    k = ctx.static(max_pool2d, "max_pool2d")
-    ctx.line(f"{k}({ins[0]}, {window(node.attrs)}, {_dil(node.attrs)}, {outs[0]})")
-
-
-@lowering("max_pool2d_argmax")
-def _(ctx, node, ins, outs):
-    k = ctx.static(max_pool2d_argmax, "max_pool2d_argmax")
-    ctx.line(f"{k}({ins[0]}, {window(node.attrs)}, {_dil(node.attrs)}, {outs[0]}, {outs[1]})")
-
-
-@lowering("max_pool2d_backward")
-def _(ctx, node, ins, outs):
-    k = ctx.static(max_pool2d_backward, "max_pool2d_backward")
-    ctx.line(f"{k}({ins[0]}, {ins[1]}, {window(node.attrs)}, {_dil(node.attrs)}, {outs[0]})")
-
-
-@lowering("max_pool2d_backward_argmax")
-def _(ctx, node, ins, outs):
-    k = ctx.static(max_pool2d_backward_argmax, "max_pool2d_backward_argmax")
-    ctx.line(f"{k}({ins[0]}, {ins[1]}, {window(node.attrs)}, {_dil(node.attrs)}, {outs[0]})")
-
-
 def _avg_args(attrs) -> str:
     div = attrs["divisor_override"]
     return f"{window(attrs)}, {bool(attrs['count_include_pad'])}, {int(div) if div else 0}"
 
 
-@lowering("avg_pool2d")
+def _max_args(attrs) -> str:
+    return f"{window(attrs)}, {_dil(attrs)}"
+
+
+#: op -> (static kernel, its attribute arguments); every call is kernel(*inputs, attrs, *outputs)
+_KERNELS = {
+    "max_pool2d": (max_pool2d, _max_args),
+    "max_pool2d_argmax": (max_pool2d_argmax, _max_args),
+    "max_pool2d_backward": (max_pool2d_backward, _max_args),
+    "max_pool2d_backward_argmax": (max_pool2d_backward_argmax, _max_args),
+    "avg_pool2d": (avg_pool2d, _avg_args),
+    "avg_pool2d_backward": (avg_pool2d_backward, _avg_args),
+    "adaptive_avg_pool2d": (adaptive_avg_pool2d, None),
+    "adaptive_avg_pool2d_backward": (adaptive_avg_pool2d_backward, None),
+}
+
+
+@lowering(*_KERNELS)
 def _(ctx, node, ins, outs):
-    k = ctx.static(avg_pool2d, "avg_pool2d")
-    ctx.line(f"{k}({ins[0]}, {_avg_args(node.attrs)}, {outs[0]})")
-
-
-@lowering("avg_pool2d_backward")
-def _(ctx, node, ins, outs):
-    k = ctx.static(avg_pool2d_backward, "avg_pool2d_backward")
-    ctx.line(f"{k}({ins[0]}, {_avg_args(node.attrs)}, {outs[0]})")
-
-
-@lowering("adaptive_avg_pool2d")
-def _(ctx, node, ins, outs):
-    k = ctx.static(adaptive_avg_pool2d, "adaptive_avg_pool2d")
-    ctx.line(f"{k}({ins[0]}, {outs[0]})")
-
-
-@lowering("adaptive_avg_pool2d_backward")
-def _(ctx, node, ins, outs):
-    k = ctx.static(adaptive_avg_pool2d_backward, "adaptive_avg_pool2d_backward")
-    ctx.line(f"{k}({ins[0]}, {outs[0]})")
+    kernel, attr_args = _KERNELS[node.op]
+    k = ctx.static(kernel, node.op)
+    args = [*ins, *([attr_args(node.attrs)] if attr_args else []), *outs]
+    ctx.line(f"{k}({', '.join(args)})")
