@@ -43,36 +43,40 @@ def draw_graph(graph: Graph, path: str | os.PathLike) -> Path:
             elif graph.inputs and v is graph.inputs[0]:
                 g.add_edge("x", i)
     layers = list(nx.topological_generations(g))
-    pos = {}
-    for depth, layer in enumerate(layers):
+    lines = {n: g.nodes[n]["label"].count("\n") + 1 for n in g.nodes}
+    box_w, gap_x, line_h, gap_y = 2.8, 0.4, 0.3, 0.45
+    pos, y = {}, 0.0
+    for layer in layers:
+        height = max(lines[n] for n in layer) * line_h
+        y -= height / 2
         for k, n in enumerate(sorted(layer, key=str)):
-            pos[n] = (k - (len(layer) - 1) / 2, -depth)
-    width = max(len(layer) for layer in layers)
-    fig, ax = plt.subplots(figsize=(max(6, 3.2 * width), max(4, 1.1 * len(layers))))
+            pos[n] = ((k - (len(layer) - 1) / 2) * (box_w + gap_x), y)
+        y -= height / 2 + gap_y
+    width = max(len(layer) for layer in layers) * (box_w + gap_x)
+    fig, ax = plt.subplots(figsize=(max(6, width * 1.1), max(4, -y * 1.1)))
     for a, b in g.edges:
         ax.annotate(
             "",
             xy=pos[b],
             xytext=pos[a],
-            arrowprops=dict(arrowstyle="->", color="#555", shrinkA=14, shrinkB=14),
+            arrowprops=dict(arrowstyle="->", color="#555", shrinkA=12, shrinkB=12, alpha=0.7),
         )
-    for n, (x, y) in pos.items():
-        label = g.nodes[n]["label"]
-        colour = _COLOURS.get(g.nodes[n]["kind"], "#ffffff")
-        lines = label.count("\n") + 1
+    for n, (x, yy) in pos.items():
+        kind = g.nodes[n]["kind"]
+        h = lines[n] * line_h
         box = FancyBboxPatch(
-            (x - 1.4, y - 0.17 * lines),
-            2.8,
-            0.34 * lines,
+            (x - box_w / 2, yy - h / 2),
+            box_w,
+            h,
             boxstyle="round,pad=0.04",
-            fc=colour,
+            fc=_COLOURS.get(kind, "#ffffff"),
             ec="#333",
-            lw=1.2 if g.nodes[n]["kind"] == "fusion" else 0.8,
+            lw=1.2 if kind == "fusion" else 0.8,
         )
         ax.add_patch(box)
-        ax.text(x, y, label, ha="center", va="center", fontsize=7, family="monospace")
-    ax.set_xlim(-width / 2 - 1.2, width / 2 + 1.2)
-    ax.set_ylim(-len(layers) + 0.3, 0.8)
+        ax.text(x, yy, g.nodes[n]["label"], ha="center", va="center", fontsize=7, family="monospace")
+    ax.set_xlim(-width / 2 - 0.5, width / 2 + 0.5)
+    ax.set_ylim(y, 0.5)
     ax.axis("off")
     ax.set_title(f"@{graph.name}", fontsize=10)
     fig.tight_layout()
