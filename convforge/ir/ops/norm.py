@@ -102,7 +102,14 @@ batch_norm_eval_backward.check(_check_eps)
 
 @batch_norm_eval_backward.shape
 def _(gy, x, weight, running_mean, running_var, eps):
-    _check_bn_input(x, weight, running_mean, running_var, names=("weight", "running_mean", "running_var"))
+    return _backward_types(
+        gy, x, weight, running_mean, running_var, ("weight", "running_mean", "running_var")
+    )
+
+
+def _backward_types(gy, x, weight, a, b, names):
+    """(gx, gweight, gbias) types of both batch-norm backward ops."""
+    _check_bn_input(x, weight, a, b, names=names)
     expect_same_dtype(gy, x)
     expect_same_shape(gy, x, "gradient and input")
     return x, _per_channel(x), _per_channel(x)
@@ -183,10 +190,7 @@ batch_norm_backward.check(_check_eps)
 
 @batch_norm_backward.shape
 def _(gy, x, weight, mean, invstd, eps):
-    _check_bn_input(x, weight, mean, invstd, names=("weight", "mean", "invstd"))
-    expect_same_dtype(gy, x)
-    expect_same_shape(gy, x, "gradient and input")
-    return x, _per_channel(x), _per_channel(x)
+    return _backward_types(gy, x, weight, mean, invstd, ("weight", "mean", "invstd"))
 
 
 @batch_norm_backward.reference

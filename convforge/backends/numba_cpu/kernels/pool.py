@@ -33,21 +33,11 @@ def _max_window(x, n, c, oy, ox, kh, kw, sh, sw, ph, pw, dh, dw):
 
 
 @njit(cache=True, parallel=True)
-def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y):
-    N, C, Ho, Wo = y.shape
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        for oy in range(Ho):
-            for ox in range(Wo):
-                best, _ = _max_window(x, n, c, oy, ox, kh, kw, sh, sw, ph, pw, dh, dw)
-                y[n, c, oy, ox] = best
-
-
-@njit(cache=True, parallel=True)
 def max_pool2d_argmax(x, kh, kw, sh, sw, ph, pw, dh, dw, y, am):
-    """Max pool that also writes each window's argmax tap (one byte per output)."""
+    """Max pool; with a real ``am`` (not the empty stand-in) also each window's argmax tap,
+    one byte per output. Inference and training share this one kernel."""
     N, C, Ho, Wo = y.shape
+    want_arg = am.shape[0] == N
     for nc in prange(N * C):
         n = nc // C
         c = nc % C
@@ -55,7 +45,8 @@ def max_pool2d_argmax(x, kh, kw, sh, sw, ph, pw, dh, dw, y, am):
             for ox in range(Wo):
                 best, arg = _max_window(x, n, c, oy, ox, kh, kw, sh, sw, ph, pw, dh, dw)
                 y[n, c, oy, ox] = best
-                am[n, c, oy, ox] = arg
+                if want_arg:
+                    am[n, c, oy, ox] = arg
 
 
 @njit(cache=True, parallel=True)
@@ -218,7 +209,6 @@ def _max_args(attrs) -> str:
 
 #: op -> (static kernel, its attribute arguments); every call is kernel(*inputs, attrs, *outputs)
 _KERNELS = {
-    "max_pool2d": (max_pool2d, _max_args),
     "max_pool2d_argmax": (max_pool2d_argmax, _max_args),
     "max_pool2d_backward": (max_pool2d_backward, _max_args),
     "max_pool2d_backward_argmax": (max_pool2d_backward_argmax, _max_args),
@@ -227,6 +217,12 @@ _KERNELS = {
     "adaptive_avg_pool2d": (adaptive_avg_pool2d, None),
     "adaptive_avg_pool2d_backward": (adaptive_avg_pool2d_backward, None),
 }
+
+
+@lowering("max_pool2d")
+def _(ctx, node, ins, outs):
+    k = ctx.static(max_pool2d_argmax, "max_pool2d_argmax")
+    ctx.line(f"{k}({ins[0]}, {_max_args(node.attrs)}, {outs[0]}, {ctx.dummy_u8()}.reshape(0, 0, 0, 0))")
 
 
 @lowering(*_KERNELS)
