@@ -17,11 +17,14 @@ products use the same layout, with the output gradient widened by zero columns.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
 from convforge.backends import epilogue
 from convforge.backends.numba_cpu.kernels import lowering
+from convforge.backends.numba_cpu.kernels.blas import copy_run, gemm
 from convforge.ir.graph import Node
 from convforge.ir.ops.conv import pad_pairs
 
@@ -85,41 +88,47 @@ def wide_pitch(ho, wo, kh, kw, dh, dw):
     return ho + (kh - 1) * dh + 1, wo + (kw - 1) * dw
 
 
+# Helpers copy with explicit loops, not slice assignment: Numba generates shape-check code
+# with formatted error messages for every array-to-slice assignment, and re-optimises that
+# code in each kernel that links the helper (seconds of cold compile, measured).
+
+
 @njit(cache=True)
-def pad_image(x, n, c0, cg, ph, pw, xp):
-    """xp[c] = x[n, c0 + c] placed at (ph, pw) in zeros; xp is [cg, Hp, Wp]."""
-    H = x.shape[2]
-    W = x.shape[3]
+def pad_image(x, n, ph, pw, xp):
+    """xp[c] = x[n, c] placed at (ph, pw) in zeros; xp is [C, Hp, Wp]."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     xp[:] = 0
-    for c in range(cg):
+    for c in range(C):
         for iy in range(H):
-            xp[c, iy + ph, pw : pw + W] = x[n, c0 + c, iy]
+            copy_run(xp[c, iy + ph], pw, x[n, c, iy], 0, W)
 
 
 @njit(cache=True)
-def im2col_wide(xp, kh, kw, dh, dw, ho, col):
-    """col[(c*kh+i)*kw+j, q] = xp[c].flat[i*dh*Wp + j*dw + q] for q < ho*Wp (stride 1)."""
+def im2col_wide(xp, c0, cg, kh, kw, dh, dw, ho, col):
+    """col[(c*kh+i)*kw+j, q] = xp[c0+c].flat[i*dh*Wp + j*dw + q] for q < ho*Wp (stride 1)."""
     Wp = xp.shape[2]
     L = ho * Wp
-    for c in range(xp.shape[0]):
-        flat = xp[c].reshape(-1)
+    for c in range(cg):
+        flat = xp[c0 + c].reshape(-1)
         for i in range(kh):
             for j in range(kw):
                 s = i * dh * Wp + j * dw
-                col[(c * kh + i) * kw + j, :] = flat[s : s + L]
+                copy_run(col[(c * kh + i) * kw + j], 0, flat, s, L)
 
 
 @njit(cache=True)
-def col2im_wide(col, kh, kw, dh, dw, ho, xp):
-    """The adjoint of :func:`im2col_wide`: xp[c].flat[s_k : s_k + ho*Wp] += col[k]."""
+def col2im_wide(col, c0, cg, kh, kw, dh, dw, ho, xp):
+    """The adjoint of :func:`im2col_wide`: xp[c0+c].flat[s_k : s_k + ho*Wp] += col[k]."""
     Wp = xp.shape[2]
     L = ho * Wp
-    for c in range(xp.shape[0]):
-        flat = xp[c].reshape(-1)
+    for c in range(cg):
+        flat = xp[c0 + c].reshape(-1)
         for i in range(kh):
             for j in range(kw):
                 s = i * dh * Wp + j * dw
-                flat[s : s + L] += col[(c * kh + i) * kw + j]
+                k = (c * kh + i) * kw + j
+                for q in range(L):
+                    flat[s + q] += col[k, q]
 
 
 @njit(cache=True)
@@ -128,38 +137,18 @@ def widen(gy, n, ho, wo, Wp, out):
     out[:] = 0
     for o in range(gy.shape[1]):
         for oy in range(ho):
-            out[o, oy * Wp : oy * Wp + wo] = gy[n, o, oy * wo : (oy + 1) * wo]
+            copy_run(out[o], oy * Wp, gy[n, o], oy * wo, wo)
 
 
-# Parallel kernels keep their ``prange`` bodies to one call of a plain ``@njit`` helper:
-# Numba's parfor lowering cost grows with the body it has to analyse, and a helper is
-# compiled (and cached) once for every kernel that calls it. This halved the cold compile
-# of LeNet's training program.
-
-
-@njit(cache=True)
-def conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r):
-    """r = W @ im2col(x[n]) for one image, group by group; wide layout when ``xp`` is used."""
-    O = w2.shape[0]
-    og = O // groups
-    cg = x.shape[1] // groups
-    wide = sh == 1 and sw == 1
-    if wide:
-        pad_image(x, n, 0, x.shape[1], ph, pw, xp)
-    for g in range(groups):
-        if wide:
-            im2col_wide(xp[g * cg : (g + 1) * cg], kh, kw, dh, dw, ho, col)
-        else:
-            im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
-        if groups == 1:
-            np.dot(w2, col, r)
-        else:
-            r[g * og : (g + 1) * og] = np.dot(w2[g * og : (g + 1) * og], col)
+# Parallel kernels are a ``prange`` over thread chunks whose body calls plain ``@njit``
+# helpers (images t, t + chunks, ... per chunk, scratch allocated once per chunk): Numba's
+# parfor lowering cost grows with the body it has to analyse, and a helper is compiled
+# (and cached) once for every kernel that calls it.
 
 
 @njit(cache=True)
 def conv_buffers(x, O, cg, kh, kw, sh, sw, dh, dw, ho, wo):
-    """Per-thread scratch for :func:`conv_gemm_image`: (col, padded image, r, row pitch)."""
+    """Per-chunk scratch for :func:`conv_gemm_image`: (col, padded image, r, row pitch)."""
     C = x.shape[1]
     wide = sh == 1 and sw == 1
     Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
@@ -172,44 +161,70 @@ def conv_buffers(x, O, cg, kh, kw, sh, sw, dh, dw, ho, wo):
 
 
 @njit(cache=True)
-def backward_input_image(gy, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx):
-    """gx[n] = col2im(W^T @ gy[n]) for one image."""
-    C = gx.shape[1]
-    H = gx.shape[2]
-    W = gx.shape[3]
+def conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r):
+    """r = W @ im2col(x[n]) for one image, group by group; wide layout when stride is 1."""
+    O = w2.shape[0]
+    og = O // groups
+    cg = x.shape[1] // groups
+    wide = sh == 1 and sw == 1
+    if wide:
+        pad_image(x, n, ph, pw, xp)
+    for g in range(groups):
+        if wide:
+            im2col_wide(xp, g * cg, cg, kh, kw, dh, dw, ho, col)
+        else:
+            im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
+        if groups == 1:
+            gemm(False, False, 1.0, w2, col, 0.0, r)
+        else:
+            gemm(False, False, 1.0, w2[g * og : (g + 1) * og], col, 0.0, r[g * og : (g + 1) * og])
+
+
+@njit(cache=True)
+def backward_input_chunk(gy, w2, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx):
+    """gx[n] = col2im(W^T @ gy[n]) for images n = t, t + chunks, ..."""
+    N, C, H, W = gx.shape
     O = w2.shape[0]
     og = O // groups
     cg = C // groups
-    if sh == 1 and sw == 1:
-        Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
-        gyw = np.empty((O, ho * Wp), dtype=gy.dtype)
-        widen(gy, n, ho, wo, Wp, gyw)
-        xp = np.zeros((C, Hp, Wp), dtype=gx.dtype)
-        for g in range(groups):
-            gcol = np.dot(w2[g * og : (g + 1) * og].T, gyw[g * og : (g + 1) * og])
-            col2im_wide(gcol, kh, kw, dh, dw, ho, xp[g * cg : (g + 1) * cg])
-        for c in range(C):
-            for iy in range(H):
-                gx[n, c, iy] = xp[c, iy + ph, pw : pw + W]
-    else:
-        gx[n] = 0
-        for g in range(groups):
-            gcol = np.dot(w2[g * og : (g + 1) * og].T, gy[n, g * og : (g + 1) * og])
-            col2im(gcol, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx)
+    kg = w2.shape[1]
+    wide = sh == 1 and sw == 1
+    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
+    P = ho * Wp if wide else ho * wo
+    gcol = np.empty((kg, P), dtype=gx.dtype)
+    # the padded image and widened gradient exist only in the wide layout
+    xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=gx.dtype)
+    gyw = np.empty((O, P) if wide else (1, 1), dtype=gy.dtype)
+    for n in range(t, N, chunks):
+        if wide:
+            widen(gy, n, ho, wo, Wp, gyw)
+            xp[:] = 0
+            for g in range(groups):
+                gemm(True, False, 1.0, w2[g * og : (g + 1) * og], gyw[g * og : (g + 1) * og], 0.0, gcol)
+                col2im_wide(gcol, g * cg, cg, kh, kw, dh, dw, ho, xp)
+            for c in range(C):
+                for iy in range(H):
+                    copy_run(gx[n, c, iy], 0, xp[c, iy + ph], pw, W)
+        else:
+            gx[n] = 0
+            for g in range(groups):
+                gemm(True, False, 1.0, w2[g * og : (g + 1) * og], gy[n, g * og : (g + 1) * og], 0.0, gcol)
+                col2im(gcol, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx)
 
 
 @njit(cache=True, parallel=True)
-def conv2d_backward_input(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, gx):
+def conv2d_backward_input(gy, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gx):
     """gx[n] = col2im(w^T @ gy[n]) per image; gy is [N, O, Ho*Wo], gx [N, C, H, W]."""
     O, cg, kh, kw = w.shape
     w2 = w.reshape(O, cg * kh * kw)
-    for n in prange(gx.shape[0]):
-        backward_input_image(gy, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx)
+    chunks = max(1, min(gx.shape[0], nt))
+    for t in prange(chunks):
+        backward_input_chunk(gy, w2, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx)
 
 
 @njit(cache=True)
 def backward_weight_chunk(x, gy, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, part):
-    """part += gy[n] @ im2col(x[n])^T over images n = t, t + chunks, ..."""
+    """part = sum of gy[n] @ im2col(x[n])^T over images n = t, t + chunks, ..."""
     N = x.shape[0]
     C = x.shape[1]
     O = part.shape[0]
@@ -220,20 +235,37 @@ def backward_weight_chunk(x, gy, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, 
     Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
     P = ho * Wp if wide else ho * wo
     col = np.empty((kg, P), dtype=x.dtype)
-    # the padded image and widened gradient exist only in the wide layout
     xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=x.dtype)
     gyw = np.empty((O, P) if wide else (1, 1), dtype=gy.dtype)
+    part[:] = 0
     for n in range(t, N, chunks):
         if wide:
-            pad_image(x, n, 0, C, ph, pw, xp)
+            pad_image(x, n, ph, pw, xp)
             widen(gy, n, ho, wo, Wp, gyw)
         for g in range(groups):
+            pg = part[g * og : (g + 1) * og]
             if wide:
-                im2col_wide(xp[g * cg : (g + 1) * cg], kh, kw, dh, dw, ho, col)
-                part[g * og : (g + 1) * og] += np.dot(gyw[g * og : (g + 1) * og], col.T)
+                im2col_wide(xp, g * cg, cg, kh, kw, dh, dw, ho, col)
+                gemm(False, True, 1.0, gyw[g * og : (g + 1) * og], col, 1.0, pg)
             else:
                 im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
-                part[g * og : (g + 1) * og] += np.dot(gy[n, g * og : (g + 1) * og], col.T)
+                gemm(False, True, 1.0, gy[n, g * og : (g + 1) * og], col, 1.0, pg)
+
+
+@njit(cache=True)
+def sum_parts(part, out):
+    """out = part[0] + part[1] + ... (the per-chunk partial sums of a reduction)."""
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            acc = part[0, i, j]
+            for t in range(1, part.shape[0]):
+                acc += part[t, i, j]
+            out[i, j] = acc
+
+
+@njit(cache=True)
+def new_parts(chunks, rows, cols, like):
+    return np.empty((chunks, rows, cols), dtype=like.dtype)
 
 
 @njit(cache=True, parallel=True)
@@ -242,72 +274,80 @@ def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw
     O, cg, kh, kw = gw.shape
     kg = cg * kh * kw
     chunks = max(1, min(x.shape[0], nt))
-    part = np.zeros((chunks, O, kg), dtype=gw.dtype)
+    part = new_parts(chunks, O, kg, gw)
     for t in prange(chunks):
         backward_weight_chunk(x, gy, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, part[t])
-    g2 = gw.reshape(O, kg)
-    g2[:] = part[0]
-    for t in range(1, chunks):
-        g2 += part[t]
+    sum_parts(part, gw.reshape(O, kg))
 
 
 # -- the generated forward kernel ---------------------------------------------------------
 _FORWARD = """\
+@njit(cache=True)
+def store(r, rw, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg):
+    O = r.shape[0]
+{store}
+
+
 @njit(cache=True, parallel=True)
 def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, sh, sw, ph, pw, dh, dw, groups, ho, wo,
-           pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am):
+           pkh, pkw, psh, psw, pph, ppw, hp, wp, nt, y, am):
     N = x.shape[0]
     O = w.shape[0]
     w2 = w.reshape(O, w.shape[1] * w.shape[2] * w.shape[3])
     kh = w.shape[2]
     kw = w.shape[3]
     want_arg = am.shape[0] == N  # a real argmax buffer (training), not the empty stand-in
-{bn_prologue}
-    for n in prange(N):
+    bn_s, bn_t = bn_scale_shift(bnw, bnb, bnm, bnv, bn_eps, {has_bn})
+    chunks = max(1, min(N, nt))
+    for t in prange(chunks):
         col, xp, r, rw = conv_buffers(x, O, w.shape[1], kh, kw, sh, sw, dh, dw, ho, wo)
-        conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r)
-{store}
+        for n in range(t, N, chunks):
+            conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r)
+            store(r, rw, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)
 """
 
-_BN_PROLOGUE = """\
-    bn_s = np.empty(O, dtype=x.dtype)
-    bn_t = np.empty(O, dtype=x.dtype)
-    for o in range(O):
-        s = bnw[o] / math.sqrt(bnv[o] + bn_eps)
-        bn_s[o] = s
-        bn_t[o] = bnb[o] - bnm[o] * s"""
-
 _STORE_PLAIN = """\
-        for o in range(O):
-            bo = b[o]
+    for o in range(O):
+        bo = b[o]
 {bn_load}
-            for oy in range(ho):
-                for ox in range(wo):
-                    v = r[o, oy * rw + ox] + bo
+        for oy in range(ho):
+            for ox in range(wo):
+                v = r[o, oy * rw + ox] + bo
 {epi}
-                    y[n, o, oy * wo + ox] = v"""
+                y[n, o, oy * wo + ox] = v"""
 
 _STORE_MAX = """\
-        for o in range(O):
-            bo = b[o]
+    for o in range(O):
+        bo = b[o]
 {bn_load}
-            # the epilogue runs over whole GEMM rows (a vectorisable loop), then the pool reads them
-            for q in range(ho * rw):
-                v = r[o, q] + bo
+        # the epilogue runs over whole GEMM rows (a vectorisable loop), then the pool reads them
+        for q in range(ho * rw):
+            v = r[o, q] + bo
 {epi_row}
-                r[o, q] = v
-            max_pool_plane(r[o], rw, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y[n, o],
-                           am, n, o, want_arg)"""
+            r[o, q] = v
+        max_pool_plane(r[o], rw, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y[n, o], am, n, o, want_arg)"""
 
 _STORE_AVG = """\
-        for o in range(O):
-            bo = b[o]
+    for o in range(O):
+        bo = b[o]
 {bn_load}
-            for q in range(ho * rw):
-                v = r[o, q] + bo
+        for q in range(ho * rw):
+            v = r[o, q] + bo
 {epi_row}
-                r[o, q] = v
-            avg_pool_plane(r[o], rw, pkh, pkw, psh, psw, hp, wp, y[n, o])"""
+            r[o, q] = v
+        avg_pool_plane(r[o], rw, pkh, pkw, psh, psw, hp, wp, y[n, o])"""
+
+
+@njit(cache=True)
+def bn_scale_shift(bnw, bnb, bnm, bnv, eps, has_bn):
+    """Per-channel (scale, shift) of an inference batch norm: y = x * scale + shift."""
+    O = bnw.shape[0] if has_bn else 0
+    s = np.empty(O, dtype=bnw.dtype)
+    t = np.empty(O, dtype=bnw.dtype)
+    for o in range(O):
+        s[o] = bnw[o] / math.sqrt(bnv[o] + eps)
+        t[o] = bnb[o] - bnm[o] * s[o]
+    return s, t
 
 
 @njit(cache=True)
@@ -371,18 +411,18 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str
     inference and training share one compiled kernel.
     """
     epi = epilogue_lines(acts, has_bn)
-    bn_load = _indent(["so = bn_s[o]", "to = bn_t[o]"] if has_bn else [], 12)
+    bn_load = _indent(["so = bn_s[o]", "to = bn_t[o]"] if has_bn else [], 8)
     if pool == "none":
-        store = _STORE_PLAIN.format(bn_load=bn_load, epi=_indent(epi, 20))
+        store = _STORE_PLAIN.format(bn_load=bn_load, epi=_indent(epi, 16))
     elif pool == "max":
-        store = _STORE_MAX.format(bn_load=bn_load, epi_row=_indent(epi, 16))
+        store = _STORE_MAX.format(bn_load=bn_load, epi_row=_indent(epi, 12))
     else:
-        store = _STORE_AVG.format(bn_load=bn_load, epi_row=_indent(epi, 16))
-    body = _FORWARD.format(bn_prologue=_BN_PROLOGUE if has_bn else "", store=store)
+        store = _STORE_AVG.format(bn_load=bn_load, epi_row=_indent(epi, 12))
+    body = _FORWARD.format(store=store, has_bn=has_bn)
     header = (
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
         "from convforge.backends.numba_cpu.kernels.conv import (\n"
-        "    avg_pool_plane, conv_buffers, conv_gemm_image, max_pool_plane,\n)\n\n\n"
+        "    avg_pool_plane, bn_scale_shift, conv_buffers, conv_gemm_image, max_pool_plane,\n)\n\n\n"
     )
     return header + body
 
@@ -465,7 +505,7 @@ def emit_forward(
     am3 = f"{am}.reshape({n}, {cout.shape[1]}, -1)" if am else ctx.dummy_u8()
     ctx.line(
         f"{k}({x4}, {w4}, {bias}, {bnargs}, {float(bn_eps)!r}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
-        f"{groups}, {ho}, {wo}, {', '.join(map(str, pk))}, {y3}, {am3})"
+        f"{groups}, {ho}, {wo}, {', '.join(map(str, pk))}, T, {y3}, {am3})"
     )
 
 
@@ -500,7 +540,7 @@ def _(ctx, node, ins, outs):
     ho, wo = (1, gy.shape[2]) if gy.type.rank == 3 else (gy.shape[2], gy.shape[3])
     ctx.line(
         f"{k}({_gy3(ctx, gy, ins[0])}, {as4d(ctx, w, ins[1])}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
-        f"{groups}, {ho}, {wo}, {as4d(ctx, node.outputs[0], outs[0])})"
+        f"{groups}, {ho}, {wo}, T, {as4d(ctx, node.outputs[0], outs[0])})"
     )
 
 

@@ -1,0 +1,145 @@
+"""GEMM and memcpy from inside ``@njit`` code: BLAS ``?gemm`` called directly, row-major, with beta.
+
+``gemm(ta, tb, alpha, a, b, beta, c)`` computes ``c = alpha * op(a) @ op(b) + beta * c`` on
+2-D float32 / float64 arrays whose rows are contiguous (any row stride: slices of a larger
+array are passed without a copy). It goes straight to the BLAS that Numba's ``np.dot``
+uses (SciPy's, through Numba's ``numba_xxgemm`` helper), so compared with ``np.dot``:
+
+* ``beta = 1`` accumulates into ``c`` (no temporary and no separate add), and the
+  transposes are BLAS flags, not copies;
+* no shape-check code with formatted error messages is generated in every caller. Numba
+  re-optimises a callee's code in each function that links it, so that code cost seconds
+  of cold compile per kernel. Shapes are the caller's contract here: every call site
+  derives them from the IR's checked types.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.linalg import ensure_blas
+
+ensure_blas()
+
+_xxgemm = types.ExternalFunction(
+    "numba_xxgemm",
+    types.intc(
+        types.char,  # kind: 's' or 'd'
+        types.char,  # transa
+        types.char,  # transb
+        types.intp,  # m
+        types.intp,  # n
+        types.intp,  # k
+        types.voidptr,  # alpha
+        types.voidptr,  # a
+        types.intp,  # lda
+        types.voidptr,  # b
+        types.intp,  # ldb
+        types.voidptr,  # beta
+        types.voidptr,  # c
+        types.intp,  # ldc
+    ),
+)
+
+_N = ord("n")
+_T = ord("t")
+
+
+@intrinsic
+def _data(typingctx, arr):
+    """The data pointer of an array, as ``void*``."""
+    sig = types.voidptr(arr)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.bitcast(ary.data, cgutils.voidptr_t)
+
+    return sig, codegen
+
+
+@intrinsic
+def _kind(typingctx, arr):
+    """BLAS kind of an array's dtype: ``'s'`` for float32, ``'d'`` for float64 (a constant)."""
+    if arr.dtype not in (types.float32, types.float64):
+        return None
+    code = ord("s") if arr.dtype == types.float32 else ord("d")
+    sig = types.char(arr)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.char, code)
+
+    return sig, codegen
+
+
+@intrinsic
+def copy_run(typingctx, dst, di, src, si, n):
+    """dst[di : di + n] = src[si : si + n] for 1-D arrays of one dtype, as one ``memcpy``.
+
+    The ranges are the caller's contract (no bounds check) and must not overlap. An
+    element loop does not vectorise here (LLVM cannot rule out aliasing), and a slice
+    assignment brings in the shape-check code this module avoids.
+    """
+    arrays = (dst, src)
+    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
+        return None
+    if dst.dtype != src.dtype:
+        return None
+    sig = types.void(dst, di, src, si, n)
+
+    def codegen(context, builder, signature, args):
+        dty, _, sty, _, _ = signature.args
+        d = context.make_array(dty)(context, builder, args[0])
+        s = context.make_array(sty)(context, builder, args[2])
+        di_ = context.cast(builder, args[1], signature.args[1], types.intp)
+        si_ = context.cast(builder, args[3], signature.args[3], types.intp)
+        n_ = context.cast(builder, args[4], signature.args[4], types.intp)
+        dptr = builder.gep(d.data, [di_])
+        sptr = builder.gep(s.data, [si_])
+        cgutils.raw_memcpy(builder, dptr, sptr, n_, context.get_abi_sizeof(context.get_data_type(dty.dtype)))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def _ld(a):
+    """Leading dimension of a row-major 2-D array (its row stride in elements)."""
+    ld = a.strides[0] // a.itemsize
+    return max(ld, a.shape[1], 1)
+
+
+@njit(cache=True)
+def gemm(ta, tb, alpha, a, b, beta, c):
+    """c = alpha * op(a) @ op(b) + beta * c; ``ta`` / ``tb`` transpose a / b.
+
+    Row-major ``c`` is column-major ``c.T``, so BLAS computes ``op(b).T @ op(a).T`` with
+    the operands swapped and the same transpose flags.
+    """
+    m = c.shape[0]
+    n = c.shape[1]
+    k = a.shape[0] if ta else a.shape[1]
+    if m == 0 or n == 0:
+        return
+    if a.strides[1] != a.itemsize or b.strides[1] != b.itemsize or c.strides[1] != c.itemsize:
+        raise ValueError("gemm: operands need contiguous rows")
+    consts = np.empty(2, dtype=c.dtype)
+    consts[0] = alpha
+    consts[1] = beta
+    _xxgemm(
+        _kind(c),
+        _T if tb else _N,
+        _T if ta else _N,
+        n,
+        m,
+        k,
+        _data(consts),
+        _data(b),
+        _ld(b),
+        _data(a),
+        _ld(a),
+        _data(consts[1:]),
+        _data(c),
+        _ld(c),
+    )
