@@ -8,6 +8,11 @@ output instead of the full activation) and the backward pair ``max_pool2d_backwa
 act_backward`` becomes ``act_backward(gy, y) -> max_pool2d_backward_argmax(., argmax)``.
 That reorder is exact because the activations are monotone: at a window's maximum the
 activation's derivative is a function of the pooled output.
+
+With ``conv_backward`` (numba-cpu) that backward pair and the conv's gradient ops that read
+its result (weight, bias and input gradients) become one region, so the conv-output
+gradient is rebuilt per image from the pooled gradient inside the kernel instead of being
+written to memory and read back three times.
 """
 
 from __future__ import annotations
@@ -110,7 +115,7 @@ def _erase_chain(graph: Graph, nodes: list[Node]) -> None:
         graph.erase(node)
 
 
-def _fuse_training_pool(graph: Graph, producer: Node) -> bool:
+def _fuse_training_pool(graph: Graph, producer: Node, conv_backward: bool = False) -> bool:
     """conv -> act -> max_pool2d whose backward reads the activation: the argmax rewrite."""
     z = producer.outputs[0]
     act = _only_user(z, graph) if len(z.users) == 1 else None
@@ -159,23 +164,80 @@ def _fuse_training_pool(graph: Graph, producer: Node) -> bool:
     graph.replace_all_uses_with(ab.outputs[0], bwd.outputs[0])
     _erase_chain(graph, [pb, ab])
     _erase_chain(graph, [producer, act, pool])
+    if conv_backward:
+        _fuse_conv_backward(graph, bwd, x=external[0], w=external[1])
+    return True
+
+
+def _fuse_conv_backward(graph: Graph, bwd: Node, x: Value, w: Value) -> bool:
+    """Absorb the conv gradients reading ``bwd``'s output into one backward region.
+
+    The users of the conv-output gradient must be exactly one ``conv2d_backward_weight``
+    (of the conv's input), at most one bias ``reduce_sum`` and at most one
+    ``conv2d_backward_input`` (of the conv's weight); the region's outputs are their
+    results, in that order.
+    """
+    gz = bwd.outputs[0]
+    if gz in graph.outputs:
+        return False
+    by_op: dict[str, Node] = {}
+    for user in gz.users:
+        if user.op in by_op:
+            return False
+        by_op[user.op] = user
+    weight = by_op.pop("conv2d_backward_weight", None)
+    bias = by_op.pop("reduce_sum", None)
+    grad_in = by_op.pop("conv2d_backward_input", None)
+    if by_op or weight is None or weight.inputs[0] is not x or weight.inputs[1] is not gz:
+        return False
+    if bias is not None and (tuple(bias.attrs["dims"]) != (0, 2, 3) or bias.attrs["keepdim"]):
+        return False
+    if grad_in is not None and (grad_in.inputs[0] is not gz or grad_in.inputs[1] is not w):
+        return False
+    consumers = [n for n in (weight, bias, grad_in) if n is not None]
+    region = Graph("region")
+    old = bwd.region
+    external = [*bwd.inputs, x, w]
+    names = ["gy", "y", "argmax", "x", "w"]
+    inner = {id(v): region.add_input(name, v.type) for v, name in zip(external, names)}
+    for rv, ov in zip(old.inputs, bwd.inputs):
+        inner[id(rv)] = inner[id(ov)]
+    for node in old.nodes:
+        out = region.create_node(node.op, [inner[id(v)] for v in node.inputs], dict(node.attrs))
+        inner[id(node.outputs[0])] = out.outputs[0]
+    inner[id(gz)] = inner[id(old.outputs[0])]
+    results = []
+    for node in consumers:
+        out = region.create_node(node.op, [inner[id(v)] for v in node.inputs], dict(node.attrs))
+        results.append(out.outputs[0])
+    region.set_outputs(results)
+    meta = {**bwd.meta, "fused_from": [*bwd.meta["fused_from"], *(n.op for n in consumers)]}
+    with graph.inserting_before(bwd):
+        fused = graph.create_node(
+            "fusion", external, {}, meta, output_types=[v.type for v in results], region=region
+        )
+    for node, new in zip(consumers, fused.outputs):
+        graph.replace_all_uses_with(node.outputs[0], new)
+    _erase_chain(graph, [bwd, *consumers])
     return True
 
 
 @register_pass
 @dataclass
 class Fuse(Pass):
-    """Producer + epilogue (+ pool) into one ``fusion`` node; ``training`` enables the argmax rewrite."""
+    """Producer + epilogue (+ pool) into one ``fusion`` node; ``training`` enables the argmax
+    rewrite, ``conv_backward`` the fused conv gradients after it."""
 
     name: ClassVar[str] = "fuse"
     training: bool = False
+    conv_backward: bool = False
 
     def run(self, graph: Graph) -> bool:
         changed = False
         for node in list(graph.nodes):
             if node.graph is None or node.op not in PRODUCERS:
                 continue
-            if self.training and node.op == "conv2d" and _fuse_training_pool(graph, node):
+            if self.training and node.op == "conv2d" and _fuse_training_pool(graph, node, self.conv_backward):
                 changed = True
                 continue
             chain = forward_chain(graph, node, self.training)

@@ -12,7 +12,7 @@ from convforge.ir.graph import Graph
 #: passes run on an inference graph before codegen
 PIPELINE_INFERENCE = "fold-batchnorm,fuse,dce"
 #: passes run on a joint forward+backward+update graph before codegen
-PIPELINE_TRAINING = "fuse{training=true},dce"
+PIPELINE_TRAINING = "fuse{training=true,conv_backward=true},dce"
 
 __all__ = ["PIPELINE_INFERENCE", "PIPELINE_TRAINING", "NumbaCpuExecutable", "compile_graph"]
 

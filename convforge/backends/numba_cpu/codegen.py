@@ -101,6 +101,13 @@ class Context:
         self.consts.append(f"{name} = np.zeros((0, 0, 0), dtype=np.uint8)")
         return name
 
+    def dummy(self, rank: int, dtype: str) -> str:
+        """An empty ``rank``-d stand-in for an optional output a kernel then skips (extent 0)."""
+        name = f"Z{len(self.consts)}"
+        shape = ", ".join(["0"] + ["1"] * (rank - 1))
+        self.consts.append(f"{name} = np.zeros(({shape},), dtype=np.{np.dtype(_np(dtype)).name})")
+        return name
+
     def temp(self, value: Value) -> str:
         self._tmp += 1
         name = f"t{self._tmp}"

@@ -280,6 +280,173 @@ def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw
     sum_parts(part, gw.reshape(O, kg))
 
 
+# -- the fused backward of conv -> activation -> max pool (training) -------------------------
+@njit(cache=True)
+def scatter_pooled_grad(gp, yp, am, n, kind, slope, pkh, pkw, psh, psw, pph, ppw, ho, wo, rw, gz, gb):
+    """gz[o, iy*rw + ix] = the conv-output gradient of image n, from the pooled gradient.
+
+    Each pooled gradient times the activation's derivative (a function of the pooled
+    output, the activations being monotone) goes to its window's argmax; ``gb`` gathers
+    the bias gradient on the way. kind: 0 relu, 1 leaky_relu, 2 sigmoid, 3 tanh.
+    """
+    O, hp, wp = gp.shape[1], gp.shape[2], gp.shape[3]
+    gz[:] = 0
+    for o in range(O):
+        acc = 0.0
+        for py in range(hp):
+            for px in range(wp):
+                g = gp[n, o, py, px]
+                s = yp[n, o, py, px]
+                if kind == 0:
+                    g = g if s > 0 else 0.0
+                elif kind == 1:
+                    g = g if s > 0 else g * slope
+                elif kind == 2:
+                    g = g * s * (1.0 - s)
+                else:
+                    g = g * (1.0 - s * s)
+                a = np.int64(am[n, o, py, px])
+                iy = py * psh - pph + a // pkw
+                ix = px * psw - ppw + a % pkw
+                if 0 <= iy < ho and 0 <= ix < wo:
+                    gz[o, iy * rw + ix] += g
+                    acc += g
+        gb[o] += acc
+
+
+@njit(cache=True)
+def fused_backward_chunk(
+    gp,
+    yp,
+    am,
+    kind,
+    slope,
+    pool,
+    x,
+    w2,
+    groups,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    ho,
+    wo,
+    t,
+    chunks,
+    want_gx,
+    part_w,
+    part_b,
+    gx,
+):
+    """Images t, t + chunks, ...: weight and bias gradients into the parts, input gradient into gx."""
+    pkh, pkw, psh, psw, pph, ppw = pool
+    N, C = x.shape[0], x.shape[1]
+    H, W = x.shape[2], x.shape[3]
+    O = w2.shape[0]
+    og = O // groups
+    cg = C // groups
+    kg = w2.shape[1]
+    wide = sh == 1 and sw == 1
+    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
+    rw = Wp if wide else wo
+    gz = np.empty((O, ho * rw), dtype=x.dtype)
+    col = np.empty((kg, ho * rw), dtype=x.dtype)
+    xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=x.dtype)
+    part_w[:] = 0
+    part_b[:] = 0
+    for n in range(t, N, chunks):
+        scatter_pooled_grad(gp, yp, am, n, kind, slope, pkh, pkw, psh, psw, pph, ppw, ho, wo, rw, gz, part_b)
+        if wide:
+            pad_image(x, n, ph, pw, xp)
+        for g in range(groups):
+            gzg = gz[g * og : (g + 1) * og]
+            if wide:
+                im2col_wide(xp, g * cg, cg, kh, kw, dh, dw, ho, col)
+            else:
+                im2col(x, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col)
+            gemm(False, True, 1.0, gzg, col, 1.0, part_w[g * og : (g + 1) * og])
+        if want_gx:
+            if wide:
+                xp[:] = 0
+            else:
+                gx[n] = 0
+            for g in range(groups):
+                # col is free again: it takes the column gradient W^T @ gz
+                gemm(True, False, 1.0, w2[g * og : (g + 1) * og], gz[g * og : (g + 1) * og], 0.0, col)
+                if wide:
+                    col2im_wide(col, g * cg, cg, kh, kw, dh, dw, ho, xp)
+                else:
+                    col2im(col, n, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx)
+            if wide:
+                for c in range(C):
+                    for iy in range(H):
+                        copy_run(gx[n, c, iy], 0, xp[c, iy + ph], pw, W)
+
+
+@njit(cache=True)
+def sum_rows(part, out):
+    """out = part[0] + part[1] + ... over the first axis of a [chunks, n] array."""
+    for j in range(out.shape[0]):
+        acc = part[0, j]
+        for t in range(1, part.shape[0]):
+            acc += part[t, j]
+        out[j] = acc
+
+
+@njit(cache=True, parallel=True)
+def conv2d_backward_fused(
+    gp, yp, am, kind, slope, pool, x, w, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw, gb, gx
+):
+    """All gradients of conv2d -> activation -> max_pool2d_argmax from the pooled gradient ``gp``.
+
+    gw and gb (when ``gb`` has O entries) are summed over the batch; gx is written when it
+    has N images (the first conv layer, whose input gradient nobody reads, passes none).
+    """
+    O, cg, kh, kw = w.shape
+    kg = cg * kh * kw
+    N = x.shape[0]
+    w2 = w.reshape(O, kg)
+    chunks = max(1, min(N, nt))
+    part_w = new_parts(chunks, O, kg, gw)
+    part_b = new_parts(chunks, 1, O, gw)
+    want_gx = gx.shape[0] == N
+    for t in prange(chunks):
+        fused_backward_chunk(
+            gp,
+            yp,
+            am,
+            kind,
+            slope,
+            pool,
+            x,
+            w2,
+            groups,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+            ho,
+            wo,
+            t,
+            chunks,
+            want_gx,
+            part_w[t],
+            part_b[t, 0],
+            gx,
+        )
+    sum_parts(part_w, gw.reshape(O, kg))
+    if gb.shape[0] == O:
+        sum_rows(part_b[:, 0], gb)
+
+
 # -- the generated forward kernel ---------------------------------------------------------
 _FORWARD = """\
 @njit(cache=True)
@@ -357,6 +524,12 @@ def max_pool_plane(ro, rw, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, yo, am,
 
     A separate function rather than inline code in the parallel kernel: Numba compiles it
     once (cached), and inline it ran 1.7x slower inside the ``prange`` body (measured)."""
+    if pph == 0 and ppw == 0 and (hp - 1) * psh + pkh <= ho and (wp - 1) * psw + pkw <= wo:
+        if want_arg:
+            max_pool_inside_arg(ro, rw, pkh, pkw, psh, psw, hp, wp, yo, am[n, o])
+        else:
+            max_pool_inside(ro, rw, pkh, pkw, psh, psw, hp, wp, yo)
+        return
     for py in range(hp):
         y0 = py * psh - pph
         for px in range(wp):
@@ -376,6 +549,73 @@ def max_pool_plane(ro, rw, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, yo, am,
             yo[py * wp + px] = best
             if want_arg:
                 am[n, o, py * wp + px] = arg
+
+
+# Windows that lie inside the plane (no padding, no ceil-mode overhang) need no bounds
+# checks, and the comparisons are written as selects, not branches. 2x2 windows (LeNet's)
+# are unrolled and compared as a tree (row by row, then the two row winners), which keeps
+# PyTorch's rule: the first maximum in row-major order, a NaN wins (the last one). At
+# batch 64 this took LeNet's conv1 pool + argmax from 0.40 to 0.19 ms.
+
+
+@njit(cache=True)
+def _pick(v, best):
+    """Whether ``v`` replaces ``best`` in a row-major scan: larger, or NaN."""
+    return (v > best) | (v != v)
+
+
+@njit(cache=True)
+def max_pool_inside(ro, rw, pkh, pkw, psh, psw, hp, wp, yo):
+    """:func:`max_pool_plane` without padding or overhang, values only."""
+    for py in range(hp):
+        row = py * psh * rw
+        out = py * wp
+        for px in range(wp):
+            i = row + px * psw
+            if pkh == 2 and pkw == 2:
+                a0, a1 = ro[i], ro[i + 1]
+                b0, b1 = ro[i + rw], ro[i + rw + 1]
+                m0 = a1 if _pick(a1, a0) else a0
+                m1 = b1 if _pick(b1, b0) else b0
+                yo[out + px] = m1 if _pick(m1, m0) else m0
+            else:
+                best = ro[i]
+                for a in range(pkh):
+                    for c in range(pkw):
+                        v = ro[i + a * rw + c]
+                        best = v if _pick(v, best) else best
+                yo[out + px] = best
+
+
+@njit(cache=True)
+def max_pool_inside_arg(ro, rw, pkh, pkw, psh, psw, hp, wp, yo, amo):
+    """:func:`max_pool_inside` that also stores the first-maximum tap of each window in ``amo``."""
+    for py in range(hp):
+        row = py * psh * rw
+        out = py * wp
+        for px in range(wp):
+            i = row + px * psw
+            if pkh == 2 and pkw == 2:
+                a0, a1 = ro[i], ro[i + 1]
+                b0, b1 = ro[i + rw], ro[i + rw + 1]
+                t0 = _pick(a1, a0)
+                t1 = _pick(b1, b0)
+                m0 = a1 if t0 else a0
+                m1 = b1 if t1 else b0
+                t = _pick(m1, m0)
+                yo[out + px] = m1 if t else m0
+                amo[out + px] = (3 if t1 else 2) if t else (1 if t0 else 0)
+            else:
+                best = ro[i]
+                arg = 0
+                for a in range(pkh):
+                    for c in range(pkw):
+                        v = ro[i + a * rw + c]
+                        t = _pick(v, best)
+                        best = v if t else best
+                        arg = a * pkw + c if t else arg
+                yo[out + px] = best
+                amo[out + px] = arg
 
 
 @njit(cache=True)

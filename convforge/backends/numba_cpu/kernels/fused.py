@@ -6,6 +6,9 @@ Recognised regions (what ``convforge.passes.fuse`` builds):
   one generated kernel; the epilogue runs on the GEMM output while it is in cache.
 * ``activation_backward -> max_pool2d_backward_argmax``: the gradient is masked at the
   pooled position and scattered through the stored argmax in one pass.
+* the same pair followed by the conv's ``conv2d_backward_weight`` [``reduce_sum`` (bias)]
+  [``conv2d_backward_input``] (``fuse{conv_backward=true}``): one kernel rebuilds each
+  image's conv-output gradient from the pooled one and runs both GEMMs on it.
 
 Any other region is still correct: its ops are lowered one by one with temporaries.
 """
@@ -102,6 +105,48 @@ def act_backward_max_pool_argmax(gy, y, am, kind, slope, kh, kw, sh, sw, ph, pw,
 _ACT_KIND = {"relu_backward": 0, "leaky_relu_backward": 1, "sigmoid_backward": 2, "tanh_backward": 3}
 
 
+def _emit_conv_backward(ctx, node, ins, outs) -> bool:
+    """The region act_backward -> max_pool2d_backward_argmax -> conv gradients, if it is one."""
+    region = node.region
+    nodes = list(region.nodes)
+    ops = [n.op for n in nodes]
+    if (
+        len(nodes) < 3
+        or ops[0] not in _ACT_KIND
+        or ops[1:3] != ["max_pool2d_backward_argmax", "conv2d_backward_weight"]
+    ):
+        return False
+    act, pool, weight, *rest = nodes
+    bias = rest.pop(0) if rest and rest[0].op == "reduce_sum" else None
+    grad_in = rest.pop(0) if rest and rest[0].op == "conv2d_backward_input" else None
+    if rest:
+        return False
+    gp, yp, am, x, w = ins
+    by_out = dict(zip((id(v) for v in region.outputs), outs))
+    gw = by_out[id(weight.outputs[0])]
+    dtype = weight.outputs[0].type.dtype
+    gb = by_out[id(bias.outputs[0])] if bias is not None else ctx.zeros(0, dtype)
+    gx = by_out[id(grad_in.outputs[0])] if grad_in is not None else ctx.dummy(4, dtype)
+    pa = pool.attrs
+    pk = (
+        pa["kernel_size"][0],
+        pa["kernel_size"][1],
+        pa["stride"][0],
+        pa["stride"][1],
+        pa["padding"][0],
+        pa["padding"][1],
+    )
+    sh, sw, ph, pw, dh, dw, groups = conv.conv_params(weight)
+    gz = pool.outputs[0].type
+    k = ctx.static(conv.conv2d_backward_fused, "conv2d_backward_fused")
+    kind, slope = _ACT_KIND[act.op], float(act.attrs.get("negative_slope", 0.0))
+    ctx.line(
+        f"{k}({gp}, {yp}, {am}, {kind}, {slope!r}, {pk}, {x}, {w}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
+        f"{groups}, {gz.shape[2]}, {gz.shape[3]}, T, {gw}, {gb}, {gx})"
+    )
+    return True
+
+
 def _emit_backward(ctx, node, ins, outs) -> bool:
     region = node.region
     nodes = list(region.nodes)
@@ -148,7 +193,7 @@ def _(ctx, node, ins, outs):
                 ctx, producer, pins[0], pins[1], b, bn_args, eps, act_list, pool, outs[0], am, node.outputs[0]
             )
         return
-    if _emit_backward(ctx, node, ins, outs):
+    if _emit_conv_backward(ctx, node, ins, outs) or _emit_backward(ctx, node, ins, outs):
         return
     _emit_sequence(ctx, node, ins, outs)
 
