@@ -74,6 +74,41 @@ def load_module(source: str, *, prefix: str = "kernel", flags: str = "") -> Modu
     return module
 
 
+def stamp_kernel_files(folder: Path, stamp: str) -> None:
+    """Cache the ``@njit(cache=True)`` functions of ``folder``'s modules under
+    ``$CONVFORGE_CACHE_DIR/static-<stamp>``, valid while ``stamp`` is unchanged.
+
+    Numba keys a function's cache on its own file's modification time, so a kernel whose
+    helper lives in another file kept the helper's old code after the helper was edited
+    (seen here). With one stamp for the whole folder (a hash of all its sources) an edit
+    to any kernel file recompiles every kernel. Call before the kernel modules are
+    imported: Numba picks a function's cache locator when it is decorated.
+    """
+    from numba.core import caching
+
+    class KernelFolderLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+        def __init__(self, py_func: Any, py_file: str):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = str(cache_dir() / f"static-{stamp}")
+
+        def get_cache_path(self) -> str:
+            return self._cache_path
+
+        def get_source_stamp(self) -> str:
+            return stamp
+
+        @classmethod
+        def from_function(cls, py_func: Any, py_file: str):
+            if Path(py_file).resolve().parent != folder.resolve():
+                return None
+            return super().from_function(py_func, py_file)
+
+    locators = caching.CacheImpl._locator_classes
+    locators[:] = [c for c in locators if c.__name__ != KernelFolderLocator.__name__]
+    locators.insert(0, KernelFolderLocator)
+
+
 def track(name: str, dispatcher: Any) -> None:
     """Count ``dispatcher`` (a Numba ``@njit`` function) in :func:`stats` under ``name``."""
     _TRACKED.setdefault(name, dispatcher)

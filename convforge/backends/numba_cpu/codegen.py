@@ -9,9 +9,7 @@ no per-op dispatch beyond these lines. Kernels come from ``kernels/<family>.py``
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,16 +20,8 @@ from convforge.errors import BackendError
 from convforge.ir.graph import Graph, Value
 from convforge.ir.types import BATCH
 
-
-def _helpers_hash() -> str:
-    """Generated kernels call helpers in ``kernels/*.py``; a helper change must miss the cache."""
-    h = hashlib.sha256()
-    for path in sorted(Path(kernels.__file__).parent.glob("*.py")):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-FLAGS = f"numba-cpu;parallel;helpers={_helpers_hash()}"
+# generated kernels call helpers in ``kernels/*.py``: a helper change must miss the cache
+FLAGS = f"numba-cpu;parallel;helpers={kernels.SOURCES_HASH}"
 
 
 @dataclass

@@ -176,3 +176,16 @@ def test_training_step_updates_weights_in_place_and_keeps_returned_arrays():
     for name, value in steps["reference"].state_dict().items():
         np.testing.assert_allclose(steps["numba-cpu"].state_dict()[name], value, rtol=1e-4, atol=1e-5)
     assert not np.allclose(before["0.weight"], steps["numba-cpu"].state_dict()["0.weight"])
+
+
+def test_static_kernels_are_stamped_with_every_kernel_source():
+    """Numba alone would key conv.py's cached kernels on conv.py only, and keep serving them
+    after an edit to blas.py (which they call); one stamp over all kernel files prevents that."""
+    from convforge.backends import cache
+    from convforge.backends.numba_cpu import kernels
+    from convforge.backends.numba_cpu.kernels import blas, conv
+
+    for fn in (conv.conv2d_backward_input, blas.gemm):
+        locator = fn._cache._impl.locator
+        assert locator.get_source_stamp() == kernels.SOURCES_HASH
+        assert locator.get_cache_path() == str(cache.cache_dir() / f"static-{kernels.SOURCES_HASH}")

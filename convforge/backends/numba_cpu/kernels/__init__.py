@@ -8,8 +8,25 @@ Each family module registers a *lowering* per op with :func:`lowering`: a functi
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
+from pathlib import Path
+
+from convforge.backends import cache
+
+
+def _sources_hash() -> str:
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+#: hash of every kernel source file: names generated kernel files and stamps the cached
+#: static kernels, so any edit here recompiles what depends on it
+SOURCES_HASH = _sources_hash()
+cache.stamp_kernel_files(Path(__file__).parent, SOURCES_HASH)
 
 Lowering = Callable[..., None]
 

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from convforge.backends.numba_cpu.kernels import lowering
 
 
-@njit(cache=True, parallel=True)
-def sgd_update(p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay, p_out, buf_out):
+@njit(cache=True)
+def sgd_span(p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay, p_out, buf_out, i0, i1):
+    """SGD on elements [i0, i1); through views, so the loop index needs no wraparound check."""
+    p, g, buf, p_out, buf_out = p[i0:i1], g[i0:i1], buf[i0:i1], p_out[i0:i1], buf_out[i0:i1]
     first = step <= 1
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         gi = g[i] + weight_decay * p[i] if weight_decay != 0.0 else g[i]
         if momentum != 0.0:
             b = gi if first else momentum * buf[i] + (1.0 - dampening) * gi
@@ -28,10 +31,25 @@ def sgd_update(p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay,
 
 
 @njit(cache=True, parallel=True)
-def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, p_out, m_out, v_out):
+def sgd_update(p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay, p_out, buf_out, nt):
+    """:func:`sgd_span` over the whole parameter, split into one span per thread."""
+    n = p.shape[0]
+    chunks = max(1, min(nt, n // 4096))
+    size = (n + chunks - 1) // chunks
+    for t in prange(chunks):
+        i0 = min(n, t * size)
+        sgd_span(p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay, p_out, buf_out, i0,
+                 min(n, i0 + size))  # fmt: skip
+
+
+@njit(cache=True)
+def adam_span(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, p_out, m_out, v_out, i0, i1):
+    """Adam on elements [i0, i1) (torch.optim.Adam's order of operations)."""
+    p, g, m, v = p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1]
+    p_out, m_out, v_out = p_out[i0:i1], m_out[i0:i1], v_out[i0:i1]
     bias1 = 1.0 - beta1**step
     bias2 = math.sqrt(1.0 - beta2**step)
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         gi = g[i] + weight_decay * p[i] if weight_decay != 0.0 else g[i]
         mi = beta1 * m[i] + (1.0 - beta1) * gi
         vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
@@ -40,25 +58,50 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, p_out, m_
         p_out[i] = p[i] - lr / bias1 * (mi / (math.sqrt(vi) / bias2 + eps))
 
 
+@njit(cache=True, parallel=True)
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, p_out, m_out, v_out, nt):
+    """:func:`adam_span` over the whole parameter, split into one span per thread."""
+    n = p.shape[0]
+    chunks = max(1, min(nt, n // 4096))
+    size = (n + chunks - 1) // chunks
+    for t in prange(chunks):
+        i0 = min(n, t * size)
+        adam_span(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, p_out, m_out, v_out, i0,
+                  min(n, i0 + size))  # fmt: skip
+
+
+#: parameters smaller than this are updated by one thread: a parallel launch costs more
+#: than the update of a bias vector or a small conv kernel
+PARALLEL_UPDATE_MIN = 32768
+
+
+def _update_call(ctx, node, parallel_fn, serial_fn, label: str) -> tuple[str, str]:
+    """(kernel name, trailing arguments) for a parameter of this node's size."""
+    size = int(np.prod(node.inputs[0].shape))
+    if size >= PARALLEL_UPDATE_MIN:
+        return f"{ctx.static(parallel_fn, label)}", "T"
+    return f"{ctx.static(serial_fn, label + '(serial)')}", f"0, {size}"
+
+
 def _flat(names: list[str]) -> str:
     return ", ".join(f"{n}.reshape(-1)" for n in names)
 
 
 @lowering("sgd_update")
 def _(ctx, node, ins, outs):
-    k = ctx.static(sgd_update, "sgd_update")
+    k, tail = _update_call(ctx, node, sgd_update, sgd_span, "sgd_update")
     a = node.attrs
     ctx.line(
         f"{k}({_flat(ins[:3])}, int({ins[3]}), {a['lr']!r}, {a['momentum']!r}, {a['dampening']!r}, "
-        f"{bool(a['nesterov'])}, {a['weight_decay']!r}, {_flat(outs)})"
+        f"{bool(a['nesterov'])}, {a['weight_decay']!r}, {_flat(outs)}, {tail})"
     )
 
 
 @lowering("adam_update")
 def _(ctx, node, ins, outs):
-    k = ctx.static(adam_update, "adam_update")
+    k, tail = _update_call(ctx, node, adam_update, adam_span, "adam_update")
     a = node.attrs
     ctx.line(
         f"{k}({_flat(ins[:4])}, int({ins[4]}), {a['lr']!r}, {a['beta1']!r}, {a['beta2']!r}, "
-        f"{a['eps']!r}, {a['weight_decay']!r}, {_flat(outs)})"
+        f"{a['eps']!r}, {a['weight_decay']!r}, {_flat(outs)}, {tail})"
     )
