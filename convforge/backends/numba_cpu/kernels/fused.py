@@ -20,6 +20,8 @@ from numba import njit, prange
 
 from convforge.backends import epilogue
 from convforge.backends.numba_cpu.kernels import LOWERINGS, conv, linear, lowering
+from convforge.backends.numba_cpu.kernels.conv import scatter_pooled_grad
+from convforge.backends.numba_cpu.kernels.pool import window
 from convforge.errors import BackendError
 
 PRODUCERS = ("conv2d", "conv1d", "linear")
@@ -71,35 +73,16 @@ def match_forward(region):
 
 @njit(cache=True, parallel=True)
 def act_backward_max_pool_argmax(gy, y, am, kind, slope, kh, kw, sh, sw, ph, pw, gx):
-    """gx = scatter(act'(y) * gy, argmax); kind: 0 relu, 1 leaky_relu, 2 sigmoid, 3 tanh, 4 none.
+    """gx = scatter(act'(y) * gy, argmax); ``kind`` as in :func:`conv.act_grad`.
 
     The activation is monotone, so its derivative at the window's maximum is a function
     of the pooled output ``y``: the full pre-pool activation is never stored.
     """
-    N, C, Ho, Wo = gy.shape
-    H = gx.shape[2]
-    W = gx.shape[3]
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        gx[n, c] = 0
-        for oy in range(Ho):
-            for ox in range(Wo):
-                g = gy[n, c, oy, ox]
-                s = y[n, c, oy, ox]
-                if kind == 0:
-                    g = g if s > 0 else 0.0
-                elif kind == 1:
-                    g = g if s > 0 else g * slope
-                elif kind == 2:
-                    g = g * s * (1.0 - s)
-                elif kind == 3:
-                    g = g * (1.0 - s * s)
-                a = np.int64(am[n, c, oy, ox])
-                iy = oy * sh - ph + a // kw
-                ix = ox * sw - pw + a % kw
-                if 0 <= iy < H and 0 <= ix < W:
-                    gx[n, c, iy, ix] += g
+    N, C, H, W = gx.shape
+    for n in prange(N):
+        bias_sums = np.zeros(C, dtype=gx.dtype)  # a by-product this op does not need
+        plane = gx[n].reshape(C, H * W)
+        scatter_pooled_grad(gy, y, am, n, kind, slope, kh, kw, sh, sw, ph, pw, H, W, W, plane, bias_sums)
 
 
 _ACT_KIND = {"relu_backward": 0, "leaky_relu_backward": 1, "sigmoid_backward": 2, "tanh_backward": 3}
@@ -127,23 +110,12 @@ def _emit_conv_backward(ctx, node, ins, outs) -> bool:
     dtype = weight.outputs[0].type.dtype
     gb = by_out[id(bias.outputs[0])] if bias is not None else ctx.zeros(0, dtype)
     gx = by_out[id(grad_in.outputs[0])] if grad_in is not None else ctx.dummy(4, dtype)
-    pa = pool.attrs
-    pk = (
-        pa["kernel_size"][0],
-        pa["kernel_size"][1],
-        pa["stride"][0],
-        pa["stride"][1],
-        pa["padding"][0],
-        pa["padding"][1],
-    )
-    sh, sw, ph, pw, dh, dw, groups = conv.conv_params(weight)
     gz = pool.outputs[0].type
     k = ctx.static(conv.conv2d_backward_fused, "conv2d_backward_fused")
-    kind, slope = _ACT_KIND[act.op], float(act.attrs.get("negative_slope", 0.0))
-    ctx.line(
-        f"{k}({gp}, {yp}, {am}, {kind}, {slope!r}, {pk}, {x}, {w}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
-        f"{groups}, {gz.shape[2]}, {gz.shape[3]}, T, {gw}, {gb}, {gx})"
-    )
+    act_args = (_ACT_KIND[act.op], float(act.attrs.get("negative_slope", 0.0)))
+    geometry = (*conv.conv_params(weight), gz.shape[2], gz.shape[3])
+    pool_args = f"({window(pool.attrs)})"
+    ctx.line(f"{k}({gp}, {yp}, {am}, {act_args}, {pool_args}, {x}, {w}, {geometry}, T, {gw}, {gb}, {gx})")
     return True
 
 
@@ -164,8 +136,6 @@ def _emit_backward(ctx, node, ins, outs) -> bool:
     if tuple(pool.attrs["dilation"]) != (1, 1):
         return False
     k = ctx.static(act_backward_max_pool_argmax, "act_backward_max_pool_argmax")
-    from convforge.backends.numba_cpu.kernels.pool import window
-
     ctx.line(f"{k}({gy}, {s}, {am}, {kind}, {slope!r}, {window(pool.attrs)}, {outs[0]})")
     return True
 
