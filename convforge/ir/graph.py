@@ -97,7 +97,7 @@ class Value:
 class Node:
     """One operation: ``outputs = op(inputs) {attrs}``, with ``meta`` about where it came from.
 
-    ``region`` is set on ``fusion`` nodes: the chain of ops the node fuses.
+    ``region`` is set on ``fusion`` nodes: the ops the node fuses (usually a chain).
     """
 
     __slots__ = ("op", "inputs", "outputs", "attrs", "meta", "region", "graph")

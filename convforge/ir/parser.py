@@ -432,6 +432,8 @@ class _Parser:
             inner = region.add_input(region.fresh_name(v.name), v.type)
             scope.setdefault(v.name, inner)
         self.skip_newlines()
+        if self.at("value"):
+            return self.parse_region_block(region, scope)
         previous: Node | None = None
         while True:
             op_tok = self.parse_op_name()
@@ -454,6 +456,26 @@ class _Parser:
             self.skip_newlines()
         self.expect("punct", "}", "'->' or '}' closing the fusion region")
         region.set_outputs(previous.outputs)
+        return region
+
+    def parse_region_block(self, region: Graph, scope: dict[str, Value]) -> Graph:
+        """Typed lines ``%r0: T = op(...)``, then ``yield %a, ...`` and the closing ``}``."""
+        while self.at("value"):
+            line = self.tok
+            self.parse_node(region, scope)
+            if region.nodes[-1].op == "fusion":
+                raise self.error_at(line, "a fusion region cannot hold a nested fusion")
+            self.skip_newlines()
+        tok = self.expect("ident", what="'yield' ending the fusion region")
+        if tok.value != "yield":
+            raise self.error_at(tok, f"expected 'yield' ending the fusion region, got {tok.value!r}")
+        outputs = [self.use(scope)]
+        while self.accept("punct", ","):
+            outputs.append(self.use(scope))
+        self.expect("newline", what="end of line")
+        self.skip_newlines()
+        self.expect("punct", "}", "'}' closing the fusion region")
+        region.set_outputs(outputs)
         return region
 
     def skip_newlines(self) -> None:

@@ -15,6 +15,18 @@ last step's outputs::
       %3: f32[N,6,14,14] = fusion(%x, %w, %b) {
           conv2d(%x, %w, %b) {stride=[1,1], ...} -> relu -> max_pool2d {kernel_size=[2,2], ...}
       }
+
+A region that is not a chain (a value read by several steps, several outputs) prints as a
+block of typed lines, its inner values named ``%r0``, ``%r1``, ... and its outputs after
+``yield``::
+
+      %9: f32[4,2,3,3], %9.out1: f32[4] = fusion(%gy, %y, %am, %x) {
+          %r0: f32[N,4,8,8] = relu_backward(%gy, %y)
+          %r1: f32[N,4,8,8] = max_pool2d_backward_argmax(%r0, %am) {kernel_size=[2,2], ...}
+          %r2: f32[4,2,3,3] = conv2d_backward_weight(%x, %r1) {stride=[1,1], ...}
+          %r3: f32[4] = reduce_sum(%r1) {dims=[0,2,3], keepdim=false}
+          yield %r2, %r3
+      }
 """
 
 from __future__ import annotations
@@ -134,14 +146,21 @@ def _node_lines(node: Node) -> list[str]:
         comment = format_meta(node.meta)
         if node.op != "fusion":
             return [head + comment]
-        steps = _region_steps(node)
+        _check_region(node)
+        try:
+            body = ["      " + _region_steps(node)]
+        except _NotAChain:
+            body = _region_block(node)
     except (AttributeValueError, VerificationError) as exc:
         raise type(exc)(f"cannot print {node.describe()}: {exc}") from None
-    return [f"{head} {{{comment}", "      " + steps, "  }"]
+    return [f"{head} {{{comment}", *body, "  }"]
 
 
-def _region_steps(node: Node) -> str:
-    """The fusion region as ``op(%a, %b) {attrs} -> op -> op(%extra) {attrs}``."""
+class _NotAChain(Exception):
+    """The region is a valid graph but not a chain: print it as a block."""
+
+
+def _check_region(node: Node) -> None:
     region = node.region
     if region is None:
         raise VerificationError("fusion node without a region")
@@ -152,39 +171,56 @@ def _region_steps(node: Node) -> str:
         )
     if not region.nodes:
         raise VerificationError("expected a region with at least one node, got none")
+    if any(step.op == "fusion" for step in region.nodes):
+        raise VerificationError("a region cannot hold a nested fusion")
+
+
+def _region_block(node: Node) -> list[str]:
+    """The region as typed lines over the fusion's operand names, then ``yield``."""
+    region = node.region
+    assert region is not None
+    names = {id(inner): format_value(outer) for inner, outer in zip(region.inputs, node.inputs)}
+    taken = {format_value(v) for v in node.inputs}
+    prefix = "r"
+    while any(name.startswith(f"%{prefix}") for name in taken):
+        prefix += "_"
+    lines = []
+    for i, step in enumerate(region.nodes):
+        for j, out in enumerate(step.outputs):
+            names[id(out)] = f"%{prefix}{i}" + (f".{j}" if j else "")
+        results = ", ".join(f"{names[id(v)]}: {v.type}" for v in step.outputs)
+        operands = ", ".join(names[id(v)] for v in step.inputs)
+        lines.append(f"      {results} = {format_name('', step.op)}({operands}){format_attrs(step.attrs)}")
+    lines.append("      yield " + ", ".join(names[id(v)] for v in region.outputs))
+    return lines
+
+
+def _region_steps(node: Node) -> str:
+    """The fusion region as ``op(%a, %b) {attrs} -> op -> op(%extra) {attrs}``; raises
+    :class:`_NotAChain` for a region that only the block form can show."""
+    region = node.region
+    assert region is not None
     outer = {id(inner): outer for inner, outer in zip(region.inputs, node.inputs)}
 
     def operand(v: Value, step: Node) -> str:
         if id(v) not in outer:
-            raise VerificationError(
-                f"region step {step.op} uses %{v.name}, which is neither a region input nor the "
-                "previous step's first output (a region must be a chain)"
-            )
+            raise _NotAChain
         return format_value(outer[id(v)])
 
     steps = []
     previous: Node | None = None
     for step in region.nodes:
-        if step.op == "fusion":
-            raise VerificationError("a region cannot hold a nested fusion")
         name = format_name("", step.op)
         if previous is None:
             args = "(" + ", ".join(operand(v, step) for v in step.inputs) + ")"
         else:
             if not step.inputs or step.inputs[0] is not previous.outputs[0]:
-                raise VerificationError(
-                    f"region step {step.op} must take the previous step's first output "
-                    f"%{previous.outputs[0].name} as its first input (a region must be a chain)"
-                )
+                raise _NotAChain
             extras = step.inputs[1:]
             args = "(" + ", ".join(operand(v, step) for v in extras) + ")" if extras else ""
         steps.append(f"{name}{args}{format_attrs(step.attrs)}")
         previous = step
     assert previous is not None
     if [id(v) for v in region.outputs] != [id(v) for v in previous.outputs]:
-        raise VerificationError(
-            "expected the region's outputs to be its last step's outputs "
-            f"({', '.join(format_value(v) for v in previous.outputs)}), "
-            f"got ({', '.join(format_value(v) for v in region.outputs)})"
-        )
+        raise _NotAChain
     return " -> ".join(steps)

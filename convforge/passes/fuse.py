@@ -174,8 +174,8 @@ def _fuse_conv_backward(graph: Graph, bwd: Node, x: Value, w: Value) -> bool:
 
     The users of the conv-output gradient must be exactly one ``conv2d_backward_weight``
     (of the conv's input), at most one bias ``reduce_sum`` and at most one
-    ``conv2d_backward_input`` (of the conv's weight); the region's outputs are their
-    results, in that order.
+    ``conv2d_backward_input`` (of the conv's weight); the region's inputs are (gy, y,
+    argmax, x[, w]) and its outputs those ops' results, in that order.
     """
     gz = bwd.outputs[0]
     if gz in graph.outputs:
@@ -197,7 +197,8 @@ def _fuse_conv_backward(graph: Graph, bwd: Node, x: Value, w: Value) -> bool:
     consumers = [n for n in (weight, bias, grad_in) if n is not None]
     region = Graph("region")
     old = bwd.region
-    external = [*bwd.inputs, x, w]
+    # the weight is read only by the input gradient
+    external = [*bwd.inputs, x, *([w] if grad_in is not None else [])]
     names = ["gy", "y", "argmax", "x", "w"]
     inner = {id(v): region.add_input(name, v.type) for v, name in zip(external, names)}
     for rv, ov in zip(old.inputs, bwd.inputs):

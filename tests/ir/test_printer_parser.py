@@ -254,17 +254,63 @@ def test_fusion_with_a_repeated_operand():
     roundtrip(g)
 
 
-def test_region_must_be_a_chain():
-    g = Graph("bad")
+def _dag_region_graph() -> Graph:
+    """A region that is not a chain: ``relu(x)`` read by two steps, two outputs."""
+    g = Graph("dag")
     x = g.add_input("x", t("f32", 2))
     region = Graph("region")
     rx = region.add_input("x", x.type)
     a = region.call("relu", rx)
-    region.call("tanh", rx)
-    region.set_outputs([region.call("add", a, rx)])
-    g.create_node("fusion", [x], output_types=[x.type], region=region)
-    with pytest.raises(Exception, match="chain"):
-        print_graph(g)
+    region.set_outputs([region.call("add", a, rx), region.call("tanh", a)])
+    node = g.create_node("fusion", [x], output_types=[x.type, x.type], region=region)
+    g.set_outputs(node.outputs)
+    return g
+
+
+def test_a_region_that_is_not_a_chain_prints_as_a_block():
+    text = print_graph(_dag_region_graph())
+    assert text == (
+        "graph @dag(%x: f32[2]) -> (f32[2], f32[2]) {\n"
+        "  %1: f32[2], %1.out1: f32[2] = fusion(%x) {\n"
+        "      %r0: f32[2] = relu(%x)\n"
+        "      %r1: f32[2] = add(%r0, %x)\n"
+        "      %r2: f32[2] = tanh(%r0)\n"
+        "      yield %r1, %r2\n"
+        "  }\n"
+        "  return %1, %1.out1\n"
+        "}\n"
+    )
+    g2 = roundtrip(_dag_region_graph())
+    region = g2.nodes[0].region
+    assert [n.op for n in region.nodes] == ["relu", "add", "tanh"]
+    assert region.nodes[1].inputs[0] is region.nodes[0].outputs[0] is region.nodes[2].inputs[0]
+
+
+def test_block_names_avoid_the_operands():
+    g = Graph("dag")
+    x = g.add_input("r0", t("f32", 2))
+    region = Graph("region")
+    rx = region.add_input("x", x.type)
+    a = region.call("relu", rx)
+    region.set_outputs([region.call("add", a, rx), a])
+    node = g.create_node("fusion", [x], output_types=[x.type, x.type], region=region)
+    g.set_outputs(node.outputs)
+    assert "%r_0: f32[2] = relu(%r0)" in print_graph(g)
+    roundtrip(g)
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("      yield %r1, %r2\n", "", "expected 'yield' ending the fusion region"),
+        ("yield %r1, %r2", "yield %r1, %r9", "undefined value %r9"),
+        ("yield", "return", "expected 'yield' ending the fusion region, got 'return'"),
+    ],
+)
+def test_block_parse_errors(old, new, message):
+    text = print_graph(_dag_region_graph())
+    with pytest.raises(IRParseError, match=message):
+        parse(text.replace(old, new))
 
 
 # -- errors ------------------------------------------------------------------------------------

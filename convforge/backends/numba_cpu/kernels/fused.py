@@ -104,9 +104,10 @@ def _emit_conv_backward(ctx, node, ins, outs) -> bool:
     grad_in = rest.pop(0) if rest and rest[0].op == "conv2d_backward_input" else None
     if rest:
         return False
-    gp, yp, am, x, w = ins
+    gp, yp, am, x = ins[:4]
     by_out = dict(zip((id(v) for v in region.outputs), outs))
     gw = by_out[id(weight.outputs[0])]
+    w = ins[4] if grad_in is not None else gw  # without an input gradient only w's shape is read
     dtype = weight.outputs[0].type.dtype
     gb = by_out[id(bias.outputs[0])] if bias is not None else ctx.zeros(0, dtype)
     gx = by_out[id(grad_in.outputs[0])] if grad_in is not None else ctx.dummy(4, dtype)
