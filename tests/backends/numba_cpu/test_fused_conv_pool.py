@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import convforge as cf
 from convforge import nn, optim
+from convforge.ir.ops import registry
+from convforge.ir.types import TensorType
+from convforge.testing import conv2d_attrs, pool2d_attrs
 
 BACKWARD_CASES = {
     "relu, stride 1, pool 2/2": dict(conv=dict(padding=1), act=nn.ReLU(), pool=dict(kernel_size=2)),
@@ -101,3 +106,39 @@ def test_nan_wins_in_the_fused_pool(pool):
     theirs = cf.compile(model, (None, 1, 6, 6), backend="reference")(x)
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+@st.composite
+def conv_act_max_pool(draw: st.DrawFn) -> tuple[list[nn.Module], tuple[int, int, int]]:
+    """Layers conv2d -> monotone activation -> max_pool2d of random geometry, and (C, H, W)."""
+    c, h, w = draw(st.integers(1, 4)), draw(st.integers(3, 9)), draw(st.integers(3, 9))
+    o = draw(st.sampled_from([k * g for k in (1, 2) for g in (1, 2, 4) if c % g == 0]))
+    conv = draw(conv2d_attrs((h, w), c, o, asymmetric_padding=False))
+    conv_op = registry.get("conv2d")
+    kernel = conv.pop("kernel_size")
+    wt = TensorType("f64", (o, c // conv["groups"], *kernel))
+    out = conv_op.infer_types([TensorType("f64", (1, c, h, w)), wt], conv_op.normalize(conv))[0]
+    pool = draw(pool2d_attrs("max", tuple(out.shape[2:])))
+    act = draw(st.sampled_from([nn.ReLU, nn.Sigmoid, nn.Tanh]))()
+    bias = draw(st.booleans())
+    return [nn.Conv2d(c, o, kernel, bias=bias, **conv), act, nn.MaxPool2d(**pool)], (c, h, w)
+
+
+@given(case=conv_act_max_pool(), seed=st.integers(0, 2**16))
+def test_random_conv_act_pool_layers_match_reference(case, seed):
+    """Random geometries reach every path of the fused kernels (wide and strided im2col,
+    groups, pools inside and overhanging the plane) in both directions."""
+    layers, shape = case
+
+    def build():
+        probe = cf.compile(nn.Sequential(*layers), (None, *shape), backend="reference", dtype="float64")
+        features = int(np.prod(probe(np.zeros((1, *shape))).shape[1:]))
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(features, 3))
+
+    step, ref = _pair(build, shape)
+    x = np.random.default_rng(seed).standard_normal((2, *shape))
+    y = np.array([0, 2])
+    _, grads = step.gradients(x, y)
+    _, rgrads = ref.gradients(x, y)
+    for k in rgrads:
+        np.testing.assert_allclose(grads[k], rgrads[k], rtol=1e-9, atol=1e-12, err_msg=k)
