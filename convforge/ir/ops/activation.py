@@ -70,10 +70,19 @@ def _(x, negative_slope):
 
 @leaky_relu.vjp
 def _(g, node, gy):
-    return (g.call("leaky_relu_backward", gy, node.inputs[0], **node.attrs),)
+    # with a slope >= 0 the output is positive exactly where the input is, so the backward
+    # can read the output, as relu's does: the forward value need not be kept, and a
+    # following max pool can be fused with its argmax (see passes/fuse.py)
+    s = node.output if node.attrs["negative_slope"] >= 0 else node.inputs[0]
+    return (g.call("leaky_relu_backward", gy, s, **node.attrs),)
 
 
-leaky_relu_backward = Op("leaky_relu_backward", fusion=E, attrs={"negative_slope": 0.01})
+leaky_relu_backward = Op(
+    "leaky_relu_backward",
+    fusion=E,
+    attrs={"negative_slope": 0.01},
+    doc="gy if s > 0 else slope * gy; s is leaky_relu's input, or its output when slope >= 0",
+)
 leaky_relu_backward.shape(_grad_like)
 
 

@@ -16,8 +16,8 @@ from convforge.testing import conv2d_attrs, pool2d_attrs
 
 BACKWARD_CASES = {
     "relu, stride 1, pool 2/2": dict(conv=dict(padding=1), act=nn.ReLU(), pool=dict(kernel_size=2)),
-    "relu, stride 2, overlapping padded pool": dict(
-        conv=dict(stride=2, padding=2), act=nn.ReLU(), pool=dict(kernel_size=3, stride=2, padding=1)
+    "leaky_relu, stride 2, overlapping padded pool": dict(
+        conv=dict(stride=2, padding=2), act=nn.LeakyReLU(0.1), pool=dict(kernel_size=3, stride=2, padding=1)
     ),
     "sigmoid, groups 2, dilation 2, ceil_mode": dict(
         conv=dict(groups=2, dilation=2, padding=1), act=nn.Sigmoid(), pool=dict(kernel_size=2, ceil_mode=True)
@@ -119,7 +119,7 @@ def conv_act_max_pool(draw: st.DrawFn) -> tuple[list[nn.Module], tuple[int, int,
     wt = TensorType("f64", (o, c // conv["groups"], *kernel))
     out = conv_op.infer_types([TensorType("f64", (1, c, h, w)), wt], conv_op.normalize(conv))[0]
     pool = draw(pool2d_attrs("max", tuple(out.shape[2:])))
-    act = draw(st.sampled_from([nn.ReLU, nn.Sigmoid, nn.Tanh]))()
+    act = draw(st.sampled_from([nn.ReLU(), nn.LeakyReLU(0.2), nn.Sigmoid(), nn.Tanh()]))
     bias = draw(st.booleans())
     return [nn.Conv2d(c, o, kernel, bias=bias, **conv), act, nn.MaxPool2d(**pool)], (c, h, w)
 
