@@ -30,13 +30,17 @@ _REPORTED: set[tuple[str, str]] = set()
 
 
 def cache_dir() -> Path:
-    """Where kernel files go: ``$CONVFORGE_CACHE_DIR`` or ``~/.cache/convforge``."""
+    """Where kernel files go: ``$CONVFORGE_CACHE_DIR`` or ``~/.cache/convforge`` (created)."""
+    path = _cache_root()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cache_root() -> Path:
     root = os.environ.get("CONVFORGE_CACHE_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "convforge"
     )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(root)
 
 
 def debug_enabled() -> bool:
@@ -86,11 +90,18 @@ def stamp_kernel_files(folder: Path, stamp: str) -> None:
     """
     from numba.core import caching
 
-    class KernelFolderLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    mixin = getattr(caching, "_SourceFileBackedLocatorMixin", None)
+    base = getattr(caching, "_CacheLocator", None)
+    if impl is None or mixin is None or base is None:
+        return  # a Numba whose cache internals differ: plain per-file caching
+
+    class KernelFolderLocator(mixin, base):
         def __init__(self, py_func: Any, py_file: str):
             self._py_file = py_file
             self._lineno = py_func.__code__.co_firstlineno
-            self._cache_path = str(cache_dir() / f"static-{stamp}")
+            # created (or found unwritable, then Numba tries its next locator) by ensure_cache_path
+            self._cache_path = str(_cache_root() / f"static-{stamp}")
 
         def get_cache_path(self) -> str:
             return self._cache_path
@@ -104,7 +115,7 @@ def stamp_kernel_files(folder: Path, stamp: str) -> None:
                 return None
             return super().from_function(py_func, py_file)
 
-    locators = caching.CacheImpl._locator_classes
+    locators = impl._locator_classes
     locators[:] = [c for c in locators if c.__name__ != KernelFolderLocator.__name__]
     locators.insert(0, KernelFolderLocator)
 
