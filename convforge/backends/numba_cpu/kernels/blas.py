@@ -74,6 +74,20 @@ def _kind(typingctx, arr):
 
 
 @intrinsic
+def _same_dtype(typingctx, a, b, c):
+    """Nothing at run time; fails to compile unless a, b and c share one dtype (``_kind``
+    reads c's, and BLAS would read the others' bytes as that type)."""
+    if not (a.dtype == b.dtype == c.dtype):
+        return None
+    sig = types.void(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def copy_run(typingctx, dst, di, src, si, n):
     """dst[di : di + n] = src[si : si + n] for 1-D arrays of one dtype, as one ``memcpy``.
 
@@ -117,6 +131,7 @@ def gemm(ta, tb, alpha, a, b, beta, c):
     Row-major ``c`` is column-major ``c.T``, so BLAS computes ``op(b).T @ op(a).T`` with
     the operands swapped and the same transpose flags.
     """
+    _same_dtype(a, b, c)
     m = c.shape[0]
     n = c.shape[1]
     k = a.shape[0] if ta else a.shape[1]
