@@ -142,3 +142,19 @@ def test_random_conv_act_pool_layers_match_reference(case, seed):
     _, rgrads = ref.gradients(x, y)
     for k in rgrads:
         np.testing.assert_allclose(grads[k], rgrads[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_pool_backward_alone_when_the_conv_gradients_stay_apart(monkeypatch):
+    """Without ``conv_backward`` the act + pool backward pair is its own kernel."""
+    from convforge.backends import numba_cpu
+
+    monkeypatch.setattr(numba_cpu, "PIPELINE_TRAINING", "fuse{training=true},dce")
+    case = BACKWARD_CASES["leaky_relu, stride 2, overlapping padded pool"]
+    step, ref = _pair(_conv_pool(case), (2, 11, 10))
+    regions = [[n.op for n in node.region.nodes] for node in step.graph("grad").nodes if node.op == "fusion"]
+    assert ["leaky_relu_backward", "max_pool2d_backward_argmax"] in regions
+    x = np.random.default_rng(4).standard_normal((3, 2, 11, 10))
+    _, grads = step.gradients(x, np.array([1, 0, 2]))
+    _, rgrads = ref.gradients(x, np.array([1, 0, 2]))
+    for k in rgrads:
+        np.testing.assert_allclose(grads[k], rgrads[k], rtol=1e-9, atol=1e-12, err_msg=k)

@@ -78,11 +78,17 @@ def act_backward_max_pool_argmax(gy, y, am, kind, slope, kh, kw, sh, sw, ph, pw,
     The activation is monotone, so its derivative at the window's maximum is a function
     of the pooled output ``y``: the full pre-pool activation is never stored.
     """
-    N, C, H, W = gx.shape
-    for n in prange(N):
-        bias_sums = np.zeros(C, dtype=gx.dtype)  # a by-product this op does not need
-        plane = gx[n].reshape(C, H * W)
-        scatter_pooled_grad(gy, y, am, n, kind, slope, kh, kw, sh, sw, ph, pw, H, W, W, plane, bias_sums)
+    for n in prange(gx.shape[0]):
+        _scatter_image(gy, y, am, n, kind, slope, kh, kw, sh, sw, ph, pw, gx)
+
+
+@njit(cache=True)
+def _scatter_image(gy, y, am, n, kind, slope, kh, kw, sh, sw, ph, pw, gx):
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    bias_sums = np.zeros(C, dtype=gx.dtype)  # a by-product this op does not need
+    scatter_pooled_grad(
+        gy, y, am, n, kind, slope, kh, kw, sh, sw, ph, pw, H, W, W, gx[n].reshape(C, H * W), bias_sums
+    )
 
 
 _ACT_KIND = {"relu_backward": 0, "leaky_relu_backward": 1, "sigmoid_backward": 2, "tanh_backward": 3}
