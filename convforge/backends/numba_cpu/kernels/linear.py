@@ -1,9 +1,9 @@
 """Linear and matmul kernels: one parallel GEMM kernel for every transpose, and the linear
 layer's epilogue (bias, batch-norm affine, activations) as a generated serial pass.
 
-The output's rows are split across threads, each calling single-threaded BLAS on its row
-block (``c[i0:i1] = op(a)[i0:i1] @ op(b)``): no partial sums and no temporaries, and one
-compiled kernel serves ``linear`` and all four ``matmul`` transposes. The epilogue reads
+The output's rows or columns are split across threads, each calling single-threaded BLAS
+on its block (``c[i0:i1] = op(a)[i0:i1] @ op(b)``): no partial sums and no temporaries,
+and one compiled kernel serves ``linear`` and all four ``matmul`` transposes. The epilogue reads
 the [batch, features] output once more while it is still in cache; a generated parallel
 kernel per epilogue cost about a second of cold compile each for a few microseconds.
 """
@@ -18,25 +18,35 @@ from convforge.backends.numba_cpu.kernels.conv import epilogue_lines
 
 
 @njit(cache=True)
-def matmul_rows(a, b, c, ta, tb, t, chunks):
-    """Row block ``t`` of ``chunks``: c[i0:i1] = op(a)[i0:i1] @ op(b)."""
-    M = c.shape[0]
+def matmul_block(a, b, c, ta, tb, t, chunks, by_rows):
+    """Block ``t`` of ``chunks`` of c = op(a) @ op(b): a band of c's rows (``by_rows``),
+    which reads a band of op(a) and all of op(b), or a band of its columns."""
+    M = c.shape[0] if by_rows else c.shape[1]
     step = (M + chunks - 1) // chunks
     i0 = min(M, t * step)
     i1 = min(M, i0 + step)
-    if i0 < i1:
-        if ta:
-            gemm(True, tb, 1.0, a[:, i0:i1], b, 0.0, c[i0:i1])
-        else:
-            gemm(False, tb, 1.0, a[i0:i1], b, 0.0, c[i0:i1])
+    if i0 >= i1:
+        return
+    if by_rows:
+        ai = a[:, i0:i1] if ta else a[i0:i1]
+        gemm(ta, tb, 1.0, ai, b, 0.0, c[i0:i1])
+    else:
+        bj = b[i0:i1] if tb else b[:, i0:i1]
+        gemm(ta, tb, 1.0, a, bj, 0.0, c[:, i0:i1])
 
 
 @njit(cache=True, parallel=True)
 def matmul(a, b, c, ta, tb, nt):
-    """c = op(a) @ op(b), where op transposes when ``ta`` / ``tb``; rows split across threads."""
-    chunks = max(1, min(nt, c.shape[0] // 16))
+    """c = op(a) @ op(b), where op transposes when ``ta`` / ``tb``.
+
+    The threads split c's larger dimension, so each reads its own part of the larger
+    operand: a row split of fc1's forward in Deep MNIST (64 x 3136 @ 3136 x 1024) had
+    both threads pack all of the weight, and ran at 72 GFLOP/s.
+    """
+    by_rows = c.shape[0] >= c.shape[1]
+    chunks = max(1, min(nt, max(c.shape[0], c.shape[1]) // 16))
     for t in prange(chunks):
-        matmul_rows(a, b, c, ta, tb, t, chunks)
+        matmul_block(a, b, c, ta, tb, t, chunks, by_rows)
 
 
 _EPILOGUE = """\
