@@ -94,9 +94,9 @@ def wide_pitch(ho, wo, kh, kw, dh, dw):
     return ho + (kh - 1) * dh + 1, wo + (kw - 1) * dw
 
 
-# Helpers copy with explicit loops, not slice assignment: Numba generates shape-check code
-# with formatted error messages for every array-to-slice assignment, and re-optimises that
-# code in each kernel that links the helper (seconds of cold compile, measured).
+# Helpers copy with ``copy_run`` or element loops, not slice assignment: Numba generates
+# shape-check code with formatted error messages for every array-to-slice assignment, and
+# re-optimises that code in each kernel that links the helper (seconds of cold compile).
 
 
 @njit(cache=True)
@@ -156,17 +156,19 @@ def widen(gy, n, ho, wo, Wp, out):
 
 
 @njit(cache=True)
-def conv_buffers(x, O, cg, kh, kw, sh, sw, dh, dw, ho, wo):
-    """Per-chunk scratch for :func:`conv_gemm_image`: (col, padded image, r, row pitch)."""
-    C = x.shape[1]
+def scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, like):
+    """Per-chunk scratch of the conv kernels: (col, padded image, out, row pitch rw).
+
+    ``out`` [O, ho*rw] takes a conv output (or output gradient) per image. In the stride-1
+    wide layout rw is the padded row pitch Wp (gradients are widened with zero columns);
+    otherwise rw is wo and the padded image is unused."""
     wide = sh == 1 and sw == 1
     Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
     rw = Wp if wide else wo
-    kg = cg * kh * kw
-    col = np.empty((kg, ho * rw), dtype=x.dtype)
-    xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=x.dtype)
-    r = np.empty((O, ho * rw), dtype=x.dtype)
-    return col, xp, r, rw
+    col = np.empty((kg, ho * rw), dtype=like.dtype)
+    xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=like.dtype)
+    out = np.empty((O, ho * rw), dtype=like.dtype)
+    return col, xp, out, rw
 
 
 @njit(cache=True)
@@ -235,30 +237,15 @@ def weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 
 
 
 @njit(cache=True)
-def grad_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, like):
-    """Per-chunk scratch of the backward kernels: (col, padded image, widened gradient).
-
-    In the stride-1 wide layout a conv-output gradient is widened to the row pitch Wp
-    with zero columns; otherwise the padded image and widened gradient are unused."""
-    wide = sh == 1 and sw == 1
-    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
-    P = ho * Wp if wide else ho * wo
-    col = np.empty((kg, P), dtype=like.dtype)
-    xp = np.empty((C, Hp, Wp) if wide else (1, 1, 1), dtype=like.dtype)
-    gzw = np.empty((O, P), dtype=like.dtype)
-    return col, xp, gzw, Wp
-
-
-@njit(cache=True)
 def backward_input_chunk(gy, w2, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx):
     """gx[n] = col2im(W^T @ gy[n]) for images n = t, t + chunks, ..."""
     N, C = gx.shape[0], gx.shape[1]
     O, kg = w2.shape
-    gcol, xp, gyw, Wp = grad_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, gx)
+    gcol, xp, gyw, rw = scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, gx)
     wide = sh == 1 and sw == 1
     for n in range(t, N, chunks):
         if wide:
-            widen(gy, n, ho, wo, Wp, gyw)
+            widen(gy, n, ho, wo, rw, gyw)
             input_grad_image(gyw, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gcol, xp, gx)
         else:
             input_grad_image(gy[n], n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gcol, xp, gx)
@@ -280,12 +267,12 @@ def backward_weight_chunk(x, gy, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, 
     weight gradient transposed, see :func:`sum_parts_t`)."""
     N, C = x.shape[0], x.shape[1]
     kg, O = part.shape
-    col, xp, gyw, Wp = grad_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, x)
+    col, xp, gyw, rw = scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, x)
     wide = sh == 1 and sw == 1
     part[:] = 0
     for n in range(t, N, chunks):
         if wide:
-            widen(gy, n, ho, wo, Wp, gyw)
+            widen(gy, n, ho, wo, rw, gyw)
             weight_grad_image(x, n, gyw, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
         else:
             weight_grad_image(x, n, gy[n], groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
@@ -309,6 +296,7 @@ def sum_parts_t(part, out):
 
 @njit(cache=True)
 def new_parts(chunks, rows, cols, like):
+    """[chunks, rows, cols] partial sums, allocated outside the parallel kernel's body."""
     return np.empty((chunks, rows, cols), dtype=like.dtype)
 
 
@@ -378,8 +366,7 @@ def fused_backward_chunk(gp, yp, am, act, pool, x, w2, geometry, t, chunks, want
     kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
     N, C = x.shape[0], x.shape[1]
     O, kg = w2.shape
-    col, xp, gz, Wp = grad_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, x)
-    rw = Wp if sh == 1 and sw == 1 else wo
+    col, xp, gz, rw = scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, x)
     part_w[:] = 0
     part_b[:] = 0
     for n in range(t, N, chunks):
@@ -388,16 +375,6 @@ def fused_backward_chunk(gp, yp, am, act, pool, x, w2, geometry, t, chunks, want
         if want_gx:
             # col is free again: it takes the column gradient W^T @ gz
             input_grad_image(gz, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, gx)
-
-
-@njit(cache=True)
-def sum_rows(part, out):
-    """out = part[0] + part[1] + ... over the first axis of a [chunks, n] array."""
-    for j in range(out.shape[0]):
-        acc = part[0, j]
-        for t in range(1, part.shape[0]):
-            acc += part[t, j]
-        out[j] = acc
 
 
 @njit(cache=True, parallel=True)
@@ -423,7 +400,7 @@ def conv2d_backward_fused(gp, yp, am, act, pool, x, w, conv, nt, gw, gb, gx):
         )
     sum_parts_t(part_w, gw.reshape(O, kg))
     if gb.shape[0] == O:
-        sum_rows(part_b[:, 0], gb)
+        sum_parts_t(part_b, gb.reshape(O, 1))
 
 
 # -- the generated forward kernel ---------------------------------------------------------
@@ -446,7 +423,7 @@ def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, sh, sw, ph, pw, dh, dw, groups, 
     bn_s, bn_t = bn_scale_shift(bnw, bnb, bnm, bnv, bn_eps, {has_bn})
     chunks = max(1, min(N, nt))
     for t in prange(chunks):
-        col, xp, r, rw = conv_buffers(x, O, w.shape[1], kh, kw, sh, sw, dh, dw, ho, wo)
+        col, xp, r, rw = scratch_buffers(x.shape[1], O, w2.shape[1], kh, kw, sh, sw, dh, dw, ho, wo, x)
         for n in range(t, N, chunks):
             conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r)
             store(r, rw, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)
@@ -619,7 +596,7 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str
     header = (
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
         "from convforge.backends.numba_cpu.kernels.conv import (\n"
-        "    avg_pool_plane, bn_scale_shift, conv_buffers, conv_gemm_image, max_pool_plane,\n)\n\n\n"
+        "    avg_pool_plane, bn_scale_shift, conv_gemm_image, max_pool_plane, scratch_buffers,\n)\n\n\n"
     )
     return header + body
 
