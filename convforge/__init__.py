@@ -7,11 +7,30 @@ net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="numba-cpu")
 
 import sys as _sys
 
-from convforge import data
+from convforge import data, models
 from convforge.errors import ConvforgeError
 from convforge.frontend import functional, nn, optim
 from convforge.frontend.compile import CompiledModel, TrainStep, compile, compile_train
-from convforge.frontend.functional import concat
+from convforge.frontend.functional import (
+    add,
+    amax,
+    cat,
+    concat,
+    div,
+    flatten,
+    mean,
+    mul,
+    neg,
+    permute,
+    reshape,
+    split,
+    squeeze,
+    stack,
+    sub,
+    transpose,
+    unsqueeze,
+)
+from convforge.frontend.functional import reduce_sum as sum  # torch.sum
 from convforge.frontend.nn import manual_seed
 from convforge.serialization import load, save
 
@@ -24,15 +43,33 @@ __all__ = [
     "CompiledModel",
     "ConvforgeError",
     "TrainStep",
+    "add",
+    "amax",
+    "cat",
     "compile",
     "compile_train",
     "concat",
     "data",
+    "div",
+    "flatten",
     "functional",
     "load",
     "manual_seed",
+    "mean",
+    "models",
+    "mul",
+    "neg",
     "nn",
     "optim",
+    "permute",
+    "reshape",
     "save",
+    "split",
+    "squeeze",
+    "stack",
+    "sub",
+    "sum",
+    "transpose",
+    "unsqueeze",
     "__version__",
 ]

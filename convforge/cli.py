@@ -21,6 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConvforgeError as exc:
         print(f"convforge: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before `train` could report what it kept (it reports its own)
+        print("convforge: interrupted", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -49,6 +49,10 @@ class BackendError(ConvforgeError):
     """An unknown backend, a missing kernel, or a backend that cannot run here."""
 
 
+class FusionError(ConvforgeError):
+    """A fusion region that is not one of the patterns of ``convforge.ir.ops.fusion``."""
+
+
 class PassError(ConvforgeError):
     """A pass failed; the message names the pass, the passes before it and the node."""
 
@@ -59,3 +63,13 @@ class SerializationError(ConvforgeError):
 
 class DataError(ConvforgeError):
     """A data file that is missing, truncated or malformed."""
+
+
+def wrap_error(exc: ConvforgeError, where: str) -> ConvforgeError:
+    """Prefix an error's message with where it happened, keeping its class."""
+    msg = str(exc)
+    if msg.startswith(where):
+        return exc
+    new = type(exc)(f"{where}: {msg}")
+    new.__cause__ = exc
+    return new

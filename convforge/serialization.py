@@ -1,8 +1,9 @@
 """Weights and optimizer state on disk: ``.npz`` or ``.safetensors``, never pickle.
 
 ``cf.save(step, "lenet.npz")`` writes the model's ``state_dict`` and, for a training
-step, the optimizer state under keys prefixed ``optimizer/``. ``cf.load(path)`` returns a
-flat ``{name: ndarray}``; loading never executes code.
+step, the optimizer state under keys prefixed ``optimizer/``, atomically: the file on disk
+is always a complete save, the new one or (if the save was interrupted) the previous one.
+``cf.load(path)`` returns a flat ``{name: ndarray}``; loading never executes code.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from convforge.errors import SerializationError
+from convforge.fileio import atomic_write
 
 OPTIMIZER_PREFIX = "optimizer/"
 FORMATS = (".npz", ".safetensors")
@@ -37,14 +39,30 @@ def save(obj: Any, path: str | os.PathLike) -> Path:
             f"unknown weights format {suffix or '(none)'} for {path}; use .npz or .safetensors"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    # written whole to a temporary file beside ``path``, then renamed over it: an
+    # interrupted save (Ctrl-C, kill, full disk) leaves the previous complete file
     if suffix == ".npz":
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        atomic_write(path, lambda f: _write_npz(f, arrays))
     else:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save as safetensors_bytes
 
-        save_file({k: np.asarray(v, order="C") for k, v in arrays.items()}, str(path))
+        atomic_write(path, safetensors_bytes({k: np.asarray(v, order="C") for k, v in arrays.items()}))
     return path
+
+
+def _write_npz(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez``'s format (uncompressed ``.npy`` members, zip64), abandoned cleanly when
+    interrupted: ``np.savez`` closes its zip in a ``finally``, and a Ctrl-C inside
+    ``ZipFile.open`` then surfaces as ``ValueError: Can't close the ZIP file ...``."""
+    zf = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+    try:
+        for key, arr in arrays.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
+    except BaseException:
+        zf.fp = None  # abandoned, not closed: atomic_write deletes the temporary file
+        raise
+    zf.close()
 
 
 def load(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:

@@ -12,9 +12,8 @@ from convforge.passes import PassManager, parse_pipeline
 
 
 def pipeline_for(backend: str | None, training: bool) -> str:
-    """The whole inference pipeline a backend runs: the front passes, then its own."""
-    module = get_backend(backend)
-    own = getattr(module, "PIPELINE_TRAINING" if training else "PIPELINE_INFERENCE", "")
+    """The whole pipeline a backend runs (inference or training): the front passes, then its own."""
+    own = get_backend(backend).pipeline(training)
     return ",".join(p for p in (FRONT_PIPELINE, own) if p)
 
 
@@ -35,7 +34,7 @@ def model_graph(
                 "--after applies to the inference pipeline; the training program is shown whole"
             )
         step = compile_train(model, (None, *shape), backend=backend)
-        return step.graph(), step.source() if want_source else ""
+        return step.graph_for("train"), step.source() if want_source else ""
     if after is None:
         net = compile(model, (None, *shape), backend=backend)
         return net.graph, net.source() if want_source else ""

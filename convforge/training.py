@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 
 from convforge.data import DataLoader, default_mnist_augmentation, mnist
 from convforge.errors import ConvforgeError
+from convforge.fileio import atomic_write
 from convforge.frontend import optim
 from convforge.frontend.compile import CompiledModel, TrainStep, compile_train
 from convforge.frontend.nn import manual_seed
@@ -86,7 +88,12 @@ def accuracy(
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``config.model`` on MNIST; Ctrl-C stops and keeps the last completed epoch's weights."""
+    """Train ``config.model`` on MNIST; Ctrl-C stops and keeps the last saved epoch's weights.
+
+    Every file is written atomically (:func:`convforge.fileio.atomic_write`), so a Ctrl-C
+    during a save leaves the previous epoch's complete ``weights.npz``; the log then says
+    which epoch that is. A run that completed no epoch writes nothing.
+    """
     manual_seed(config.seed)
     (x_train, y_train), (x_test, y_test) = mnist(config.data_path, seed=config.seed)
     if config.limit is not None:
@@ -117,6 +124,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
 
     history: list[EpochRecord] = []
     weights = out / "weights.npz"
+    saved = 0  # the epoch whose weights this run wrote to `weights` (0: none)
+    pending, before = 0, None  # the epoch being saved, and the file it replaces
     interrupted = False
     base_lr = step.lr
     try:
@@ -124,7 +133,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
             step.set_lr(scheduled_lr(base_lr, epoch, config.epochs, config.schedule))
             record = _run_epoch(step, net, loader, epoch, config, (x_train, y_train), (x_test, y_test))
             history.append(record)
-            save(step, weights)
+            pending, before = epoch, _file_id(weights)
+            save(step, weights)  # atomic: the old complete file until the new one replaces it
+            saved = epoch
             log(
                 f"epoch {epoch:>2}/{config.epochs}  loss {record.loss:.4f}  "
                 f"train acc {record.train_accuracy:6.2%}  val acc {record.val_accuracy:6.2%}  "
@@ -132,17 +143,48 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
             )
     except KeyboardInterrupt:
         interrupted = True
-        log(
-            f"interrupted: keeping the weights of epoch {len(history)}"
-            if history
-            else "interrupted before the first epoch finished: nothing saved"
-        )
-    curves = plot_curves(history, out / "curves.png") if history else None
-    (out / "history.json").write_text(json.dumps([dataclasses.asdict(r) for r in history], indent=2))
-    if history:
-        log(f"weights: {weights}")
-        log(f"curves:  {curves}")
-    return TrainResult(history, weights if history else None, curves, compile_seconds, interrupted)
+        if pending > saved and _file_id(weights) != before:
+            saved = pending  # the new file was renamed into place just before the interrupt
+        log(_interrupted(len(history), saved, weights))
+    curves, written = None, []
+    if saved:
+        written.append(f"weights: {weights}" + (f" (epoch {saved})" if saved < config.epochs else ""))
+    if history:  # nothing is written (or overwritten) for a run that completed no epoch
+        try:
+            records = json.dumps([dataclasses.asdict(r) for r in history], indent=2)
+            written.append(f"history: {atomic_write(out / 'history.json', records)}")
+            curves = plot_curves(history, out / "curves.png")
+            written.append(f"curves:  {curves}")
+        except KeyboardInterrupt:  # a second Ctrl-C: each file is still old-or-new, never torn
+            interrupted, curves = True, None
+            log(
+                "interrupted while writing the history and curves: "
+                + ("kept only:" if written else "kept nothing")
+            )
+    for line in written:
+        log(line)
+    return TrainResult(history, weights if saved else None, curves, compile_seconds, interrupted)
+
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    """Which file ``path`` is now: an atomic save replaces it by another inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _interrupted(completed: int, saved: int, weights: Path) -> str:
+    """What an interrupted run kept, and nothing more."""
+    if saved and saved == completed:
+        return f"interrupted: keeping the weights of epoch {saved}"
+    if saved:
+        return f"interrupted while saving epoch {completed}: keeping the weights of epoch {saved}"
+    earlier = f"; the {weights} of an earlier run is unchanged" if weights.exists() else ""
+    if completed:
+        return f"interrupted while saving epoch {completed}: no weights saved by this run{earlier}"
+    return f"interrupted before the first epoch finished: no weights saved{earlier}"
 
 
 def _run_epoch(
@@ -198,8 +240,10 @@ def plot_curves(history: list[EpochRecord], path: Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import networkx as nx
 
+from convforge.fileio import atomic_write
 from convforge.ir.graph import Graph, Node
+from convforge.ir.ops import registry
 
 _COLOURS = {
     "fusion": "#f6c85f",
@@ -80,22 +82,25 @@ def draw_graph(graph: Graph, path: str | os.PathLike) -> Path:
     ax.axis("off")
     ax.set_title(f"@{graph.name}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110 if path.suffix.lower() != ".svg" else None)
-    plt.close(fig)
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    try:  # whole or not at all: a temporary file beside `path`, renamed over it
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=110 if fmt != "svg" else None))
+    finally:
+        plt.close(fig)
     return path
 
 
 def _label(node: Node) -> str:
     out = str(node.outputs[0].type) if node.outputs else ""
-    if node.op == "fusion" and node.region is not None:
+    if node.region is not None and registry.get(node.op).region:
         chain = "\n -> ".join(n.op for n in node.region.nodes)
-        return f"fusion\n{chain}\n{out}"
+        return f"{node.op}\n{chain}\n{out}"
     return f"{node.op}\n{out}"
 
 
 def _kind(node: Node) -> str:
-    if node.op == "fusion":
-        return "fusion"
+    if registry.get(node.op).region:
+        return "fusion"  # every region op is drawn as a fused box
     phase = node.meta.get("phase")
     if phase in ("backward", "update"):
         return phase

@@ -29,6 +29,7 @@ def _convert(m: nn.Module) -> torch.nn.Module:
             m.dilation,
             m.groups,
             bias=m.bias is not None,
+            padding_mode=m.padding_mode,
         )
     if isinstance(m, nn.Conv1d):
         return tnn.Conv1d(
@@ -40,7 +41,13 @@ def _convert(m: nn.Module) -> torch.nn.Module:
             m.dilation,
             m.groups,
             bias=m.bias is not None,
+            padding_mode=m.padding_mode,
         )
+    if isinstance(m, nn.ConvTranspose2d):
+        return tnn.ConvTranspose2d(
+            m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.output_padding, m.groups,
+            bias=m.bias is not None, dilation=m.dilation,
+        )  # fmt: skip
     if isinstance(m, nn.Linear):
         return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     if isinstance(m, nn.MaxPool2d):
@@ -49,22 +56,65 @@ def _convert(m: nn.Module) -> torch.nn.Module:
         return tnn.AvgPool2d(
             m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override
         )
+    if isinstance(m, nn.AdaptiveMaxPool2d):
+        return tnn.AdaptiveMaxPool2d(m.output_size)
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return tnn.AdaptiveAvgPool2d(m.output_size)
     if isinstance(m, nn.BatchNorm2d):
         return tnn.BatchNorm2d(m.num_features, m.eps, m.momentum)
     if isinstance(m, nn.BatchNorm1d):
         return tnn.BatchNorm1d(m.num_features, m.eps, m.momentum)
+    if isinstance(m, nn.LocalResponseNorm):
+        return tnn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k)
+    pads = {
+        nn.ZeroPad2d: tnn.ZeroPad2d, nn.ReflectionPad2d: tnn.ReflectionPad2d,
+        nn.ReplicationPad2d: tnn.ReplicationPad2d, nn.CircularPad2d: tnn.CircularPad2d,
+        nn.ZeroPad1d: tnn.ZeroPad1d, nn.ReflectionPad1d: tnn.ReflectionPad1d,
+        nn.ReplicationPad1d: tnn.ReplicationPad1d, nn.CircularPad1d: tnn.CircularPad1d,
+    }  # fmt: skip
+    if type(m) in pads:
+        return pads[type(m)](m.padding)
+    if isinstance(m, (nn.ConstantPad2d, nn.ConstantPad1d)):
+        return (tnn.ConstantPad2d if isinstance(m, nn.ConstantPad2d) else tnn.ConstantPad1d)(
+            m.padding, m.value
+        )
+    if isinstance(m, nn.LayerNorm):
+        return tnn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None)
+    if isinstance(m, nn.GroupNorm):
+        return tnn.GroupNorm(m.num_groups, m.num_channels, m.eps, m.affine)
     if isinstance(m, nn.Dropout):
         return tnn.Dropout(m.p)
     if isinstance(m, nn.Flatten):
         return tnn.Flatten(m.start_dim, m.end_dim)
-    simple = {nn.ReLU: tnn.ReLU, nn.Sigmoid: tnn.Sigmoid, nn.Tanh: tnn.Tanh, nn.Identity: tnn.Identity}
+    simple = {
+        nn.ReLU: tnn.ReLU,
+        nn.ReLU6: tnn.ReLU6,
+        nn.Sigmoid: tnn.Sigmoid,
+        nn.Tanh: tnn.Tanh,
+        nn.Identity: tnn.Identity,
+    }
     for ours, theirs in simple.items():
         if type(m) is ours:
             return theirs()
     if isinstance(m, nn.LeakyReLU):
         return tnn.LeakyReLU(m.negative_slope)
+    pointwise = {
+        nn.SiLU: tnn.SiLU,
+        nn.Hardswish: tnn.Hardswish,
+        nn.Hardsigmoid: tnn.Hardsigmoid,
+        nn.Mish: tnn.Mish,
+    }
+    for ours, theirs in pointwise.items():
+        if type(m) is ours:
+            return theirs()
+    if isinstance(m, nn.ELU):
+        return tnn.ELU(m.alpha)
+    if isinstance(m, nn.GELU):
+        return tnn.GELU(m.approximate)
+    if isinstance(m, nn.Hardtanh):
+        return tnn.Hardtanh(m.min_val, m.max_val)
+    if isinstance(m, nn.Softplus):
+        return tnn.Softplus(m.beta, m.threshold)
     if isinstance(m, nn.Softmax):
         return tnn.Softmax(m.dim)
     if isinstance(m, nn.LogSoftmax):

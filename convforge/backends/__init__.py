@@ -1,17 +1,24 @@
 """Backends: ``reference`` (NumPy), ``numba-cpu`` and ``numba-cuda``.
 
-Each backend module exposes ``compile_graph(graph, *, training=False) -> Executable``;
-an executable has ``run({input name: array}) -> [arrays]`` and ``source() -> str``.
+Each backend module defines ``BACKEND``, a :class:`convforge.backends.base.Backend`: its
+name, its inference and training pipelines, and ``compile_graph(graph, *, training=False,
+pipeline=None) -> Executable``. An executable (:class:`convforge.backends.base.Executable`)
+has ``run({input name: array}) -> [arrays]``, ``source() -> str``, the ``graph`` it runs
+and its capabilities as attributes (``supports_out``, ``device_resident``).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 from convforge.errors import BackendError
 
+if TYPE_CHECKING:
+    from convforge.backends.base import Backend
+
+#: backend name -> the module that defines its ``BACKEND``
 BACKENDS: dict[str, str] = {
     "reference": "convforge.backends.reference",
     "numba-cpu": "convforge.backends.numba_cpu",
@@ -28,9 +35,12 @@ def resolve(name: str | None) -> str:
     return chosen
 
 
-def get_backend(name: str | None = None) -> ModuleType:
-    """The backend module called ``name`` (see :func:`resolve`)."""
-    module = importlib.import_module(BACKENDS[resolve(name)])
-    if not hasattr(module, "compile_graph"):
-        raise BackendError(f"backend {resolve(name)!r} is not available in this build")
-    return module
+def get_backend(name: str | None = None) -> Backend:
+    """The :class:`~convforge.backends.base.Backend` called ``name`` (see :func:`resolve`)."""
+    from convforge.backends.base import Backend  # base imports the passes, which import this package
+
+    chosen = resolve(name)
+    backend = vars(importlib.import_module(BACKENDS[chosen])).get("BACKEND")
+    if not isinstance(backend, Backend):
+        raise BackendError(f"backend {chosen!r} is not available in this build")
+    return backend

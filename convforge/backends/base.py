@@ -1,27 +1,226 @@
-"""What every backend shares: the executable protocol and the input check before any kernel."""
+"""The one backend contract: a :class:`Backend`, the :class:`Executable` it builds, and the
+checks every executable runs on its inputs before any kernel.
+
+A backend is a name, two pipelines (inference, training) and a way to build an executable
+from an optimised graph; :meth:`Backend.compile_graph` is the same for every backend: copy
+the graph, run the pipeline, build. An executable declares what it can do as class
+attributes (:attr:`Executable.supports_out`, :attr:`Executable.device_resident`), so
+callers read capabilities instead of probing for methods.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+import abc
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from convforge.errors import ConvforgeError, DTypeError, ShapeError
-from convforge.ir.graph import Graph
+from convforge.ir.graph import Graph, Value
+from convforge.ir.ops import registry
 from convforge.ir.types import BATCH
+from convforge.passes import PassManager
+
+#: update ops that read element i of the parameter and its state before writing element i,
+#: so their result may overwrite the parameter's array (see :meth:`Executable.in_place_outputs`)
+ELEMENTWISE_UPDATES = ("sgd_update", "adam_update")
 
 
-class Executable(Protocol):
-    """A compiled graph."""
+# =========================================================================================
+# Backends
+# =========================================================================================
+@dataclasses.dataclass
+class Backend:
+    """A backend: its name, its own pipelines, and how it builds an executable.
 
-    backend: str
+    ``executable(graph)`` builds the executable from the optimised copy of the graph;
+    ``require()`` (if given) raises BackendError when the backend cannot run on this
+    machine, before any pass runs.
+    """
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
+    name: str
+    executable: Callable[[Graph], Executable]
+    #: passes run on an inference graph before the executable is built
+    inference_pipeline: str = ""
+    #: passes run on a joint forward+backward+update graph before the executable is built
+    training_pipeline: str = ""
+    require: Callable[[], object] | None = None
 
-    def source(self) -> str: ...
+    def pipeline(self, training: bool = False) -> str:
+        """The backend's own pipeline for an inference or a training graph."""
+        return self.training_pipeline if training else self.inference_pipeline
+
+    def compile_graph(
+        self, graph: Graph, *, training: bool = False, pipeline: str | None = None
+    ) -> Executable:
+        """Optimise a copy of ``graph`` with :meth:`pipeline` (or ``pipeline``) and compile it.
+
+        The caller's graph is left untouched; the executable's ``graph`` is the optimised copy.
+        """
+        if self.require is not None:
+            self.require()
+        work = graph.copy()
+        chosen = self.pipeline(training) if pipeline is None else pipeline
+        if chosen:
+            PassManager.from_string(chosen).run(work)
+        return self.executable(work)
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name}>"
 
 
+# =========================================================================================
+# Host state shared by compiled programs
+# =========================================================================================
+class HostState:
+    """Named host arrays that compiled programs read and update (parameters, buffers,
+    optimizer state).
+
+    Host executables update ``arrays`` in place. A device-resident executable keeps them
+    in device buffers between steps: after its :meth:`Executable.step` it is the
+    ``holder`` of newer values than ``arrays``, and :meth:`sync` copies them back.
+    ``version`` counts changes of the host arrays, so a resident copy knows when it is stale.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        self.arrays: OrderedDict[str, np.ndarray] = OrderedDict(arrays)
+        self.version = 0
+        #: the executable whose device buffers hold values newer than ``arrays``, if any
+        self.holder: Executable | None = None
+
+    def sync(self) -> None:
+        """Bring ``arrays`` up to date (the holder, if any, writes its newer values back)."""
+        holder, self.holder = self.holder, None
+        if holder is not None:
+            holder.write_back(self)
+
+    def changed(self) -> int:
+        """Record that ``arrays`` changed on the host: every device copy is stale. Call
+        :meth:`sync` before changing them. Returns the new version."""
+        self.holder = None
+        self.version += 1
+        return self.version
+
+
+# =========================================================================================
+# Executables
+# =========================================================================================
+class Executable(abc.ABC):
+    """A compiled graph: ``run({input name: array}) -> [arrays]``, ``source()``, ``graph``.
+
+    Capabilities are class attributes, read by callers instead of probing for methods.
+    Inputs are checked (:meth:`check`: names, dtypes, shapes, class labels) before any kernel.
+    """
+
+    #: the backend's name
+    backend: ClassVar[str] = ""
+    #: ``run(inputs, out={output index: array})`` writes those outputs into the caller's arrays
+    supports_out: ClassVar[bool] = False
+    #: inputs live in device buffers between calls; :meth:`step` keeps the state there
+    #: and :meth:`write_back` copies it to the host
+    device_resident: ClassVar[bool] = False
+
+    def __init__(self, graph: Graph):
+        #: the graph this executable runs (after the backend's passes)
+        self.graph = graph
+        #: graph inputs used as class labels, with their class counts (checked by :meth:`check`)
+        self.labels: list[tuple[str, int]] = label_inputs(graph)
+        self._in_place: dict[frozenset, dict[int, str]] = {}
+
+    @abc.abstractmethod
+    def run(self, inputs: Mapping[str, Any]) -> list[Any]:
+        """Check the inputs, run the graph, return its outputs (fresh arrays)."""
+
+    @abc.abstractmethod
+    def source(self) -> str:
+        """The generated code (or what stands for it), naming the IR it implements."""
+
+    def check(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Check every input's presence, dtype and shape, and class labels; return the batch."""
+        batch = check_inputs(self.graph, inputs)
+        for name, classes in self.labels:
+            check_labels(name, np.asarray(inputs[name]), classes)
+        return batch
+
+    # -- training steps ----------------------------------------------------------------
+    def step(
+        self,
+        inputs: Mapping[str, Any],
+        state: HostState,
+        feedback: Mapping[int, str],
+        fetch: Sequence[int] = (0,),
+    ) -> list[np.ndarray]:
+        """One training step: run with ``inputs`` (what changes per batch) and the other
+        graph inputs from ``state.arrays``; then output ``j`` becomes the new value of state
+        array ``feedback[j]``. Returns host copies of the ``fetch`` outputs.
+
+        This default runs on the host: the state arrays are updated in place (written by
+        the kernels directly where :attr:`supports_out` and :meth:`in_place_outputs`
+        allow it). A :attr:`device_resident` executable keeps the state on the device.
+        """
+        state.sync()
+        full = self.with_state(inputs, state)
+        direct = self.in_place_outputs(feedback)
+        if direct:
+            outputs = self.run(full, out={j: state.arrays[name] for j, name in direct.items()})
+        else:
+            outputs = self.run(full)
+        for j, name in feedback.items():
+            if j not in direct:
+                np.copyto(state.arrays[name], outputs[j])
+        if feedback:
+            state.changed()
+        return [np.asarray(outputs[j]) for j in fetch]
+
+    def with_state(self, inputs: Mapping[str, Any], state: HostState) -> dict[str, Any]:
+        """``inputs`` plus, for every other graph input, its array in ``state``."""
+        full = dict(inputs)
+        full.update(
+            (v.name, state.arrays[v.name])
+            for v in self.graph.inputs
+            if v.name not in full and v.name in state.arrays
+        )
+        return full
+
+    def write_back(self, state: HostState) -> None:
+        """Copy the state this executable holds newer than ``state.arrays`` back into them
+        (nothing to do on a host backend: its steps write the arrays themselves)."""
+        return None
+
+    def in_place_outputs(self, feedback: Mapping[int, str]) -> dict[int, str]:
+        """Of ``feedback`` (output index -> input name), the outputs that may be written
+        straight into the array of the input they replace: the backend supports ``out``,
+        the producer is an elementwise optimizer update reading that input, and every other
+        reader of the old value runs before it."""
+        if not self.supports_out:
+            return {}
+        key = frozenset(feedback.items())
+        if key not in self._in_place:
+            self._in_place[key] = _in_place(self.graph, feedback)
+        return self._in_place[key]
+
+
+def _in_place(graph: Graph, feedback: Mapping[int, str]) -> dict[int, str]:
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+    inputs = {v.name: v for v in graph.inputs}
+    found = {}
+    for j, name in sorted(feedback.items()):
+        producer = graph.outputs[j].producer
+        if producer is None or producer.op not in ELEMENTWISE_UPDATES or name not in inputs:
+            continue
+        if name not in {v.name for v in producer.inputs}:
+            continue
+        if all(position[id(user)] <= position[id(producer)] for user in inputs[name].users):
+            found[j] = name
+    return found
+
+
+# =========================================================================================
+# Input checks
+# =========================================================================================
 def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> int:
     """Check every graph input's presence, dtype and shape; return the batch size.
 
@@ -51,6 +250,29 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> int:
             elif want != got:
                 raise ShapeError(f"input %{v.name}: expected shape {v.type}, got {list(arr.shape)}")
     return 1 if batch is None else batch
+
+
+def label_inputs(graph: Graph) -> list[tuple[str, int]]:
+    """Graph inputs that some op reads as class labels (its :attr:`Op.labels` fact), with
+    the number of classes (``shape[1]`` of the logits they index); regions included."""
+    top = {id(v) for v in graph.inputs}
+    found: dict[str, int] = {}
+
+    def scan(g: Graph, outer: Mapping[int, Value]) -> None:
+        for node in g.nodes:
+            op = registry.get(node.op)
+            for label, logits in op.labels.items():
+                target = outer.get(id(node.inputs[label]), node.inputs[label])
+                if id(target) in top:
+                    found[target.name] = int(node.inputs[logits].type.shape[1])
+            if op.region and node.region is not None:
+                scan(
+                    node.region,
+                    {id(r): outer.get(id(v), v) for r, v in zip(node.region.inputs, node.inputs)},
+                )
+
+    scan(graph, {})
+    return sorted(found.items())
 
 
 def check_labels(name: str, labels: np.ndarray, classes: int) -> None:

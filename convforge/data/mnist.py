@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from convforge.errors import AttributeValueError, DataError
+from convforge.fileio import atomic_write
 
 __all__ = ["mnist", "read_idx", "write_idx", "IDX_DTYPES"]
 
@@ -116,7 +117,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     if path.suffix == ".gz":
         # mtime=0 keeps the output byte-for-byte reproducible.
         payload = gzip.compress(payload, mtime=0)
-    path.write_bytes(payload)
+    atomic_write(path, payload)
 
 
 def _find_idx(directory: Path, name: str) -> Path:

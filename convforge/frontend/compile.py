@@ -8,27 +8,28 @@ array given to a float32 model is therefore computed in float32.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from convforge.backends import get_backend, resolve
-from convforge.backends.base import check_labels
+from convforge.backends.base import Executable, HostState, check_labels
 from convforge.errors import ConvforgeError, DTypeError, ShapeError
 from convforge.frontend.nn import Module, check_state_dict
 from convforge.frontend.optim import SGD, Optimizer
 from convforge.frontend.trace import SymbolicTensor, Tracer, tracing
 from convforge.ir.graph import Graph
 from convforge.ir.types import BATCH, TensorType
-from convforge.passes import PassManager, parse_pipeline
-from convforge.passes.autodiff import Autodiff
-from convforge.passes.dce import DeadCodeElimination
+from convforge.passes import PassManager
+from convforge.passes.training import LOSSES as _LOSS_OPS
+from convforge.passes.training import Role, UpdateRule, build_training_graph, state_key
 
 #: passes every graph gets before the backend's own pipeline
 FRONT_PIPELINE = "canonicalize,cse,dce"
-LOSSES = ("cross_entropy", "mse")
+LOSSES = tuple(_LOSS_OPS)
 _DTYPES = {"float32": "f32", "f32": "f32", "float64": "f64", "f64": "f64"}
 
 
@@ -76,20 +77,18 @@ def compile_train(
 # =========================================================================================
 # Parameter storage shared by compiled programs
 # =========================================================================================
-class ParamStore:
+class ParamStore(HostState):
     """Named arrays (parameters, buffers, optimizer state) that compiled programs read.
 
     Programs update arrays in place, so a training step and the inference model it
-    hands out see the same weights.
+    hands out see the same weights. A device-resident backend may hold newer values
+    between steps: ``sync()`` (inherited from :class:`HostState`) brings them back, and
+    every read here syncs first.
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], trainable: Sequence[str]):
-        self.arrays: OrderedDict[str, np.ndarray] = OrderedDict(arrays)
+        super().__init__(arrays)
         self.trainable = list(trainable)
-        #: brings ``arrays`` up to date when a device holds newer values (numba-cuda training)
-        self.sync: Callable[[], None] = _nothing
-        #: tells the owner that ``arrays`` changed on the host (device copies are stale)
-        self.changed: Callable[[], None] = _nothing
 
     @classmethod
     def from_model(cls, model: Module, dtype: str) -> ParamStore:
@@ -112,10 +111,6 @@ class ParamStore:
         self.changed()
 
 
-def _nothing() -> None:
-    return None
-
-
 # =========================================================================================
 # Inference
 # =========================================================================================
@@ -134,7 +129,7 @@ class CompiledModel:
         graph, _ = trace_model(model, self.input_type, training=False)
         PassManager.from_string(FRONT_PIPELINE).run(graph)
         self._executable = get_backend(backend).compile_graph(graph, training=False)
-        self._graph = getattr(self._executable, "graph", graph)
+        self._graph = self._executable.graph
 
     @property
     def graph(self) -> Graph:
@@ -168,39 +163,61 @@ class CompiledModel:
 class _Program:
     """A compiled training graph and what each of its outputs means."""
 
-    def __init__(self, graph: Graph, executable: Any, roles: list[tuple[str, str]]):
-        self.graph = graph
+    def __init__(self, executable: Executable, roles: list[Role]):
         self.executable = executable
+        self.graph = executable.graph
         self.roles = roles  # per output: ("loss", ""), ("grad", name), ("store", key)
-        #: outputs the backend may write straight into the store array they replace
-        self.in_place = _in_place_updates(graph, roles) if getattr(executable, "supports_out", False) else {}
+        #: output index -> the stored array it replaces
+        self.feedback = {j: name for j, (kind, name) in enumerate(roles) if kind == "store"}
+
+    @property
+    def in_place(self) -> dict[int, str]:
+        """Outputs the backend writes straight into the store array they replace."""
+        return self.executable.in_place_outputs(self.feedback)
 
 
-#: update ops that read element i of the parameter and its state before writing element i
-_ELEMENTWISE_UPDATES = ("sgd_update", "adam_update")
+class TrainingGraph:
+    """``step.graph``: the joint IR of the training step, used as the :class:`Graph` it
+    stands for (attributes, ``str``, equality).
 
+    ``step.graph()`` and ``step.graph("grad")`` (``graph`` was a method) still work, with
+    a DeprecationWarning; use ``step.graph`` and ``step.graph_for("grad")``.
+    """
 
-def _in_place_updates(graph: Graph, roles: list[tuple[str, str]]) -> dict[int, str]:
-    """Output index -> store key for updates that can overwrite their input array: the
-    producer is an elementwise optimizer update and every other reader of the old value
-    runs before it."""
-    position = {id(n): i for i, n in enumerate(graph.nodes)}
-    inputs = {v.name: v for v in graph.inputs}
-    found = {}
-    for j, (role, key) in enumerate(roles):
-        producer = graph.outputs[j].producer
-        if (
-            role != "store"
-            or producer is None
-            or producer.op not in _ELEMENTWISE_UPDATES
-            or key not in inputs
-        ):
-            continue
-        if key not in {v.name for v in producer.inputs}:
-            continue
-        if all(position[id(user)] <= position[id(producer)] for user in inputs[key].users):
-            found[j] = key
-    return found
+    __slots__ = ("_graph", "_step")
+
+    def __init__(self, graph: Graph, step: TrainStep):
+        self._graph = graph
+        self._step = step
+
+    def __call__(self, kind: str = "train") -> Graph:
+        warnings.warn(
+            "TrainStep.graph is a property now: use step.graph for the training graph and "
+            'step.graph_for(kind) for another program (step.graph_for("grad"))',
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._step.graph_for(kind)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._graph, name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self._graph)) | {"__call__"})
+
+    def __str__(self) -> str:
+        return str(self._graph)
+
+    def __repr__(self) -> str:
+        return repr(self._graph)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TrainingGraph):
+            other = other._graph
+        return self._graph == other
+
+    def __hash__(self) -> int:
+        return hash(self._graph)
 
 
 class TrainStep:
@@ -226,17 +243,11 @@ class TrainStep:
         self._model_keys = list(self._store.arrays)
         for key in self._store.trainable:
             for state in optimizer.state:
-                self._store.arrays[_state_key(key, state)] = np.zeros_like(self._store.arrays[key])
+                self._store.arrays[state_key(key, state)] = np.zeros_like(self._store.arrays[key])
         self.steps = 0
         self.training = True
         self._programs: dict[tuple[str, bool], _Program] = {}
         self._output_type = _probe_output(model, self.input_type)
-        # numba-cuda keeps the weights on the device between steps: which program's device
-        # buffers hold the current weights, and which holds weights newer than the host's
-        self._resident: set[tuple[str, bool]] = set()
-        self._device_newer: tuple[str, bool] | None = None
-        self._store.sync = self._sync_host
-        self._store.changed = self._resident.clear
 
     # -- modes --------------------------------------------------------------------------
     def train(self, mode: bool = True) -> TrainStep:
@@ -255,7 +266,7 @@ class TrainStep:
         on the next step, and kernels do not depend on the rate, so nothing recompiles."""
         if float(lr) == self.lr:
             return
-        self._sync_host()
+        self._store.sync()
         self.optimizer = dataclasses.replace(self.optimizer, lr=float(lr))
         self._programs = {key: prog for key, prog in self._programs.items() if key[0] != "train"}
 
@@ -263,70 +274,35 @@ class TrainStep:
     def __call__(self, x: Any, y: Any) -> float:
         """One optimisation step on the batch; returns the batch-mean loss."""
         program = self._program("train")
-        if hasattr(program.executable, "run_device"):
-            loss = self._step_on_device(program, x, y)
-        else:
-            outputs = self._run(program, x, y, step=self.steps + 1, in_place=True)
-            loss = float(outputs[0])
-            for j, ((role, key), value) in enumerate(zip(program.roles, outputs)):
-                if role == "store" and j not in program.in_place:
-                    np.copyto(self._store.arrays[key], value)
+        # the executable keeps the store up to date: on the host in place, on a
+        # device-resident backend in its device buffers until the store is read
+        batch = self._batch(program, x, y, self.steps + 1)
+        (loss,) = program.executable.step(batch, self._store, program.feedback)
         self.steps += 1
         if self.training:
             for key, arr in self._store.arrays.items():
                 if key.endswith("num_batches_tracked"):
                     arr += 1
-        return loss
+        return float(loss)
 
     def warmup(self, x: Any, y: Any) -> None:
         """Compile (and run once) the training program, then restore every weight and buffer."""
-        self._sync_host()
+        self._store.sync()
         saved = {k: v.copy() for k, v in self._store.arrays.items()}
         steps = self.steps
         self(x, y)
-        self._sync_host()
+        self._store.sync()
         for key, value in saved.items():
             np.copyto(self._store.arrays[key], value)
-        self._resident.clear()
+        self._store.changed()
         self.steps = steps
-
-    def _step_on_device(self, program: _Program, x: Any, y: Any) -> float:
-        """One step whose weights, optimizer state and statistics stay on the device."""
-        key = ("train", self.training)
-        if self._device_newer not in (None, key):
-            self._sync_host()
-        arr = check_input(x, self.input_type, self.name)
-        inputs: dict[str, Any] = {
-            "x": arr,
-            "target": self._check_target(y, arr.shape[0]),
-            "step": np.asarray(self.steps + 1, dtype=np.int64),
-        }
-        if key not in self._resident:
-            inputs.update(
-                (v.name, self._store.arrays[v.name]) for v in program.graph.inputs if v.name not in inputs
-            )
-        feedback = {i: name for i, (role, name) in enumerate(program.roles) if role == "store"}
-        (loss,) = program.executable.run_device(inputs, fetch=[0], feedback=feedback)
-        self._resident.clear()
-        self._resident.add(key)
-        self._device_newer = key
-        return float(np.asarray(loss.copy_to_host()))
-
-    def _sync_host(self) -> None:
-        """Copy weights that training left on the device back into the host store."""
-        if self._device_newer is None:
-            return
-        program = self._programs[self._device_newer]
-        for role, name in program.roles:
-            if role == "store":
-                np.copyto(self._store.arrays[name], program.executable.read_input(name))
-        self._device_newer = None
 
     def gradients(self, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients (by parameter name, plus ``"input"``) without any update."""
         program = self._program("grad")
-        self._sync_host()
-        outputs = self._run(program, x, y, step=self.steps + 1)
+        self._store.sync()
+        inputs = program.executable.with_state(self._batch(program, x, y, self.steps + 1), self._store)
+        outputs = program.executable.run(inputs)
         grads = {}
         for (role, key), value in zip(program.roles, outputs):
             if role == "grad":
@@ -343,7 +319,7 @@ class TrainStep:
         graph, _ = trace_model(self.model, self.input_type, training=False)
         PassManager.from_string(FRONT_PIPELINE).run(graph)
         net._executable = get_backend(self.backend).compile_graph(graph, training=False)
-        net._graph = getattr(net._executable, "graph", graph)
+        net._graph = net._executable.graph
         return net
 
     # -- state --------------------------------------------------------------------------
@@ -383,7 +359,15 @@ class TrainStep:
         if optim_sd:
             self.load_optimizer_state_dict(optim_sd)
 
-    def graph(self, kind: str = "train") -> Graph:
+    @property
+    def graph(self) -> TrainingGraph:
+        """The joint IR of the training step (forward, backward, update) after all passes.
+
+        Used as the :class:`Graph` it stands for; ``step.graph_for("train")`` is that Graph.
+        """
+        return TrainingGraph(self.graph_for("train"), self)
+
+    def graph_for(self, kind: str = "train") -> Graph:
         """The joint IR of the training step (``"train"``) or of ``gradients`` (``"grad"``)."""
         return self._program(kind).graph
 
@@ -399,73 +383,33 @@ class TrainStep:
 
     def _build(self, kind: str) -> _Program:
         graph, tracer = trace_model(self.model, self.input_type, training=self.training)
-        logits = graph.outputs[0]
-        if self.loss == "cross_entropy":
-            target = graph.add_input("target", TensorType("i64", (BATCH,)))
-            loss = graph.call("cross_entropy", logits, target, meta={"layer": "loss"})
-        else:
-            target = graph.add_input("target", logits.type)
-            loss = graph.call("mse_loss", logits, target, meta={"layer": "loss"})
-        graph.set_outputs([loss])
-        trainable = [v.name for v in graph.inputs if v.name in self._store.trainable]
-        wrt = trainable + (["x"] if kind == "grad" else [])
-        front = parse_pipeline(FRONT_PIPELINE)
-        PassManager([*front, Autodiff(wrt="|".join(wrt)), DeadCodeElimination()]).run(graph)
-        grad_index = graph.meta["grads"]
-        roles: list[tuple[str, str]] = [("loss", "")]
+        params = [v.name for v in graph.inputs if v.name in self._store.trainable]
         if kind == "grad":
-            roles += [("grad", name) for name in wrt]
-        else:
-            grads = [graph.outputs[grad_index[name]] for name in trainable]
-            outputs = [loss]
-            with graph.meta_scope(phase="update"):
-                step = (
-                    graph.input("step")
-                    if "step" in {v.name for v in graph.inputs}
-                    else graph.add_input("step", TensorType("i64", ()))
-                )
-                for name, grad in zip(trainable, grads):
-                    param = graph.input(name)
-                    states = [graph.add_input(_state_key(name, s), param.type) for s in self.optimizer.state]
-                    new = graph.call(
-                        self.optimizer.op,
-                        param,
-                        grad,
-                        *states,
-                        step,
-                        meta={"layer": f"optimizer ({name})"},
-                        **self.optimizer.attrs(),
-                    )
-                    outputs += list(new)
-                    roles += [("store", name)] + [
-                        ("store", _state_key(name, s)) for s in self.optimizer.state
-                    ]
-            for key, value in tracer.state_updates.items():
-                outputs.append(value)
-                roles.append(("store", key))
-            graph.set_outputs(outputs)
-            PassManager.from_string("dce").run(graph)
-        executable = get_backend(self.backend).compile_graph(graph, training=True)
-        return _Program(getattr(executable, "graph", graph), executable, roles)
-
-    def _run(self, program: _Program, x: Any, y: Any, step: int, in_place: bool = False) -> list[np.ndarray]:
-        arr = check_input(x, self.input_type, self.name)
-        target = self._check_target(y, arr.shape[0])
-        inputs: dict[str, np.ndarray] = {}
-        for v in program.graph.inputs:
-            if v.name == "x":
-                inputs["x"] = arr
-            elif v.name == "target":
-                inputs["target"] = target
-            elif v.name == "step":
-                inputs["step"] = np.asarray(step, dtype=np.int64)
-            else:
-                inputs[v.name] = self._store.arrays[v.name]
-        if in_place and program.in_place:
-            return program.executable.run(
-                inputs, out={j: self._store.arrays[k] for j, k in program.in_place.items()}
+            graph, roles = build_training_graph(
+                graph, loss=self.loss, params=params, grads_of=["x"], simplify=FRONT_PIPELINE
             )
-        return program.executable.run(inputs)
+        else:
+            rule = UpdateRule(self.optimizer.op, self.optimizer.attrs(), tuple(self.optimizer.state))
+            graph, roles = build_training_graph(
+                graph,
+                loss=self.loss,
+                params=params,
+                optimizer=rule,
+                state_updates=tracer.state_updates,
+                simplify=FRONT_PIPELINE,
+            )
+        return _Program(get_backend(self.backend).compile_graph(graph, training=True), roles)
+
+    def _batch(self, program: _Program, x: Any, y: Any, step: int) -> dict[str, np.ndarray]:
+        """The inputs of ``program`` that change per batch, checked: ``x``, ``target`` and
+        the ``step`` counter (the rest come from the store)."""
+        arr = check_input(x, self.input_type, self.name)
+        batch = {
+            "x": arr,
+            "target": self._check_target(y, arr.shape[0]),
+            "step": np.asarray(step, dtype=np.int64),
+        }
+        return {v.name: batch[v.name] for v in program.graph.inputs if v.name in batch}
 
     def _check_target(self, y: Any, batch: int) -> np.ndarray:
         if self.loss == "cross_entropy":
@@ -487,10 +431,6 @@ class TrainStep:
 
     def __repr__(self) -> str:
         return f"<TrainStep {self.name} {self.input_type} loss={self.loss} on {self.backend}>"
-
-
-def _state_key(param: str, state: str) -> str:
-    return f"optim.{param}.{state}"
 
 
 # =========================================================================================

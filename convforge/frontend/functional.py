@@ -18,32 +18,62 @@ import numpy as np
 from convforge.errors import AttributeValueError, ConvforgeError, DTypeError, ShapeError
 from convforge.frontend import trace
 from convforge.ir.graph import Graph
+from convforge.ir.ops.common import int_tuple
 from convforge.ir.types import TensorType, dtype_name
 
 Tensor = Any  # np.ndarray, or a SymbolicTensor while tracing
 
 __all__ = [
     "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
     "add",
+    "add_n",
+    "amax",
     "avg_pool2d",
     "batch_norm",
+    "cat",
     "concat",
     "conv1d",
     "conv2d",
+    "conv_transpose2d",
     "cross_entropy",
+    "div",
     "dropout",
+    "elu",
     "flatten",
+    "gelu",
+    "group_norm",
+    "hardsigmoid",
+    "hardswish",
+    "hardtanh",
+    "layer_norm",
     "leaky_relu",
     "linear",
+    "local_response_norm",
     "log_softmax",
     "max_pool2d",
+    "mean",
+    "mish",
     "mse_loss",
     "mul",
+    "neg",
+    "pad",
+    "permute",
+    "reduce_sum",
     "relu",
+    "relu6",
     "reshape",
     "sigmoid",
+    "silu",
     "softmax",
+    "softplus",
+    "split",
+    "squeeze",
+    "stack",
+    "sub",
     "tanh",
+    "transpose",
+    "unsqueeze",
 ]
 
 
@@ -92,7 +122,11 @@ def _conv(
 ) -> Tensor:
     kernel = tuple(_shape_of(weight))[2:]
     pad = resolve_padding(
-        padding, kernel, _pair(dilation, "dilation", dims), _pair(stride, "stride", dims), op
+        padding,
+        kernel,
+        int_tuple("dilation", dilation, dims, minimum=None, where=op),
+        int_tuple("stride", stride, dims, minimum=None, where=op),
+        op,
     )
     attrs = {"stride": stride, "padding": pad, "dilation": dilation, "groups": groups}
     tensors = [input, weight] + ([bias] if bias is not None else [])
@@ -109,7 +143,7 @@ def resolve_padding(
         return (0,) * len(kernel)
     if padding != "same":
         raise AttributeValueError(
-            f"{op}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}"
+            f"{op}: padding must be 'same', 'valid', an int or a tuple, got {padding!r}"
         )
     if any(s != 1 for s in stride):
         raise AttributeValueError(
@@ -262,6 +296,10 @@ def relu(input: Tensor, *, backend: str | None = None) -> Tensor:
     return _call("relu", [input], {}, backend)
 
 
+def relu6(input: Tensor, *, backend: str | None = None) -> Tensor:
+    return _call("relu6", [input], {}, backend)
+
+
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, *, backend: str | None = None) -> Tensor:
     return _call("leaky_relu", [input], {"negative_slope": negative_slope}, backend)
 
@@ -296,26 +334,86 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean", *, backend:
     return _call("mse_loss", [input, target], {"reduction": reduction}, backend, ("input", "target"))
 
 
-# -- structure ----------------------------------------------------------------------------
-def add(input: Tensor, other: Tensor, *, backend: str | None = None) -> Tensor:
-    """Elementwise sum of two tensors of one shape (a residual connection)."""
-    return _call("add", [input, other], {}, backend, ("input", "other"))
+# -- structure: arithmetic, reductions, relayouts ---------------------------------------
+# PyTorch's tensor functions (``torch.add``, ``torch.cat``, ...; ``convforge`` exports them
+# under torch's top-level names), emitted exactly as a traced tensor's operators and
+# methods are (``frontend/trace.py``): ``F.sub(x, 1.0)`` is ``x - 1.0``.
+def add(input: Tensor, other: Tensor, *, alpha: float = 1, backend: str | None = None) -> Tensor:
+    """``input + alpha * other`` with broadcasting; either may be a Python number (a residual
+    connection is ``add(x, f(x))``)."""
+    return trace.arithmetic("add", input, _times(other, alpha, backend), _emitter(backend))
+
+
+def sub(input: Tensor, other: Tensor, *, alpha: float = 1, backend: str | None = None) -> Tensor:
+    """``input - alpha * other`` with broadcasting; either may be a Python number."""
+    return trace.arithmetic("sub", input, _times(other, alpha, backend), _emitter(backend))
 
 
 def mul(input: Tensor, other: Tensor, *, backend: str | None = None) -> Tensor:
-    return _call("mul", [input, other], {}, backend, ("input", "other"))
+    """``input * other`` with broadcasting; either may be a Python number."""
+    return trace.arithmetic("mul", input, other, _emitter(backend))
+
+
+def div(input: Tensor, other: Tensor, *, backend: str | None = None) -> Tensor:
+    """``input / other`` (true division) with broadcasting; either may be a Python number."""
+    return trace.arithmetic("div", input, other, _emitter(backend))
+
+
+def neg(input: Tensor, *, backend: str | None = None) -> Tensor:
+    return _call("neg", [input], {}, backend)
+
+
+def add_n(tensors: Sequence[Tensor], *, backend: str | None = None) -> Tensor:
+    """The sum of n tensors, broadcast together, in one kernel (ONNX ``Sum``)."""
+    tensors = _tensor_list(tensors, "add_n")
+    return _call("add_n", tensors, {}, backend, tuple(f"tensors[{i}]" for i in range(len(tensors))))
+
+
+def reduce_sum(
+    input: Tensor, dim: Any = None, keepdim: bool = False, *, backend: str | None = None
+) -> Tensor:
+    """``torch.sum``: the sum over ``dim`` (an int or a tuple; None: every dim); exported as
+    ``convforge.sum`` (this module keeps the builtin ``sum``)."""
+    return _call("reduce_sum", [input], trace.reduction(_shape_of(input), dim, keepdim, "sum"), backend)
+
+
+def mean(input: Tensor, dim: Any = None, keepdim: bool = False, *, backend: str | None = None) -> Tensor:
+    """``torch.mean`` over ``dim`` (an int or a tuple; None: every dim)."""
+    return _call("reduce_mean", [input], trace.reduction(_shape_of(input), dim, keepdim, "mean"), backend)
+
+
+def amax(input: Tensor, dim: Any = (), keepdim: bool = False, *, backend: str | None = None) -> Tensor:
+    """``torch.amax``: the maximum over ``dim`` (``()``: every dim); its gradient is shared
+    evenly by tied maxima."""
+    return _call("reduce_max", [input], trace.reduction(_shape_of(input), dim, keepdim, "amax"), backend)
 
 
 def concat(tensors: Sequence[Tensor], dim: int = 1, *, backend: str | None = None) -> Tensor:
-    """Join tensors along ``dim`` (``torch.cat``)."""
-    if not isinstance(tensors, (list, tuple)) or not tensors:
-        raise ConvforgeError(f"concat expects a non-empty list of tensors, got {tensors!r}")
+    """Join tensors along ``dim`` (default 1, the channels; :func:`cat` is ``torch.cat``)."""
+    tensors = _tensor_list(tensors, "concat")
     return _call(
-        "concat", list(tensors), {"dim": dim}, backend, tuple(f"tensors[{i}]" for i in range(len(tensors)))
+        "concat", tensors, {"dim": dim}, backend, tuple(f"tensors[{i}]" for i in range(len(tensors)))
     )
 
 
-cat = concat
+def cat(tensors: Sequence[Tensor], dim: int = 0, *, backend: str | None = None) -> Tensor:
+    """``torch.cat``: join tensors along ``dim`` (default 0, as torch)."""
+    return concat(tensors, dim, backend=backend)
+
+
+def stack(tensors: Sequence[Tensor], dim: int = 0, *, backend: str | None = None) -> Tensor:
+    """``torch.stack``: join tensors of one shape along a new dim ``dim`` (each unsqueezed, then
+    concatenated)."""
+    tensors = _tensor_list(tensors, "stack")
+    return concat([unsqueeze(t, dim, backend=backend) for t in tensors], dim, backend=backend)
+
+
+def split(tensor: Tensor, split_size_or_sections: Any, dim: int = 0, *, backend: str | None = None) -> tuple:
+    """``torch.split``: pieces of ``split_size_or_sections`` along ``dim`` (the last may be
+    smaller), or pieces of the listed sizes (ONNX ``Split``); each piece is a ``slice``."""
+    if not isinstance(tensor, (trace.SymbolicTensor, np.ndarray)):
+        tensor = np.asarray(tensor)
+    return trace.split(tensor, split_size_or_sections, dim, _emitter(backend))
 
 
 def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1, *, backend: str | None = None) -> Tensor:
@@ -323,28 +421,66 @@ def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1, *, backend: st
 
 
 def reshape(input: Tensor, shape: Sequence[Any], *, backend: str | None = None) -> Tensor:
-    """Reshape; while tracing the leading dimension may be written -1 or "N" for the batch."""
-    src = _shape_of(input)
-    target = list(shape)
-    if trace.active() is not None and src and src[0] == "N" and target and target[0] in (-1, "N"):
-        target[0] = "N"
-    if target.count(-1) == 1:
-        known = int(np.prod([d for d in target if d not in (-1, "N")]))
-        total = int(np.prod([d for d in src if d != "N"]))
-        if known == 0 or total % known:
-            raise ShapeError(f"cannot reshape {list(src)} to {list(shape)}")
-        target[target.index(-1)] = total // known
-    return _call("reshape", [input], {"shape": tuple(target)}, backend)
+    """Reshape; one dim may be -1 (inferred); while tracing the leading dimension may be
+    written -1 or "N" for the batch."""
+    return _call("reshape", [input], {"shape": trace.reshape_target(_shape_of(input), shape)}, backend)
+
+
+def squeeze(input: Tensor, dim: Any = None, *, backend: str | None = None) -> Tensor:
+    """``torch.squeeze``: drop size-1 dims (those of ``dim`` only, if given)."""
+    return _reshape_to(input, trace.squeezed(_shape_of(input), dim), backend)
+
+
+def unsqueeze(input: Tensor, dim: int, *, backend: str | None = None) -> Tensor:
+    """``torch.unsqueeze``: a size-1 dim inserted at ``dim``."""
+    return _reshape_to(input, trace.unsqueezed(_shape_of(input), dim), backend)
+
+
+def permute(input: Tensor, dims: Sequence[int], *, backend: str | None = None) -> Tensor:
+    """``torch.permute``: ``out.shape[i] = input.shape[dims[i]]`` (a ``transpose`` node)."""
+    perm = trace.permutation(len(_shape_of(input)), dims)
+    if perm == tuple(range(len(perm))):
+        return input
+    return _call("transpose", [input], {"perm": perm}, backend)
+
+
+def transpose(input: Tensor, dim0: int, dim1: int, *, backend: str | None = None) -> Tensor:
+    """``torch.transpose``: ``dim0`` and ``dim1`` exchanged."""
+    return permute(input, trace.swapped(len(_shape_of(input)), dim0, dim1), backend=backend)
+
+
+def _emitter(backend: str | None):
+    def emit(op: str, tensors: list, attrs: dict, names: Sequence[str] = ("input",)) -> Tensor:
+        return _call(op, tensors, attrs, backend, names)
+
+    return emit
+
+
+def _times(other: Tensor, alpha: float, backend: str | None) -> Tensor:
+    if alpha == 1:
+        return other
+    if trace.is_number(other):
+        return other * alpha
+    return _call("scale", [other], {"factor": alpha}, backend)
+
+
+def _tensor_list(tensors: Any, op: str) -> list:
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise ConvforgeError(f"{op} expects a non-empty list of tensors, got {tensors!r}")
+    return list(tensors)
+
+
+def _reshape_to(input: Tensor, shape: tuple, backend: str | None) -> Tensor:
+    if shape == tuple(_shape_of(input)):
+        return input
+    return _call("reshape", [input], {"shape": shape}, backend)
 
 
 # -- machinery ----------------------------------------------------------------------------
 def _call(op: str, tensors: list, attrs: dict, backend: str | None, names: Sequence[str] = ("input",)):
     tracer = trace.active()
     if tracer is not None:
-        values = [tracer.lift(t, names[min(i, len(names) - 1)]) for i, t in enumerate(tensors)]
-        node = tracer.graph.create_node(op, values, attrs, tracer.node_meta())
-        outs = tuple(tracer.wrap(v) for v in node.outputs)
-        return outs[0] if len(outs) == 1 else outs
+        return tracer.call(op, tensors, attrs, names)
     arrays = [_as_array(t, names[min(i, len(names) - 1)], op) for i, t in enumerate(tensors)]
     from convforge.backends import resolve
 
@@ -371,7 +507,7 @@ def _hashable(attrs: dict) -> tuple:
 
 def _as_array(obj: Any, name: str, op: str) -> np.ndarray:
     if isinstance(obj, trace.SymbolicTensor):
-        raise ConvforgeError(f"F.{op}: {name} is a symbolic tensor but no trace is active")
+        raise trace.not_traced_error(op, name)
     try:
         arr = np.asarray(obj)
     except Exception as exc:  # noqa: BLE001 - anything NumPy cannot convert is a user mistake
@@ -405,9 +541,226 @@ def _shape_of(obj: Any) -> tuple:
     return tuple(np.shape(obj))
 
 
-def _pair(value: Any, name: str, n: int) -> tuple:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * n
-    if isinstance(value, (tuple, list)) and len(value) == n:
-        return tuple(value)
-    raise AttributeValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+# -- more activations (PyTorch's names and defaults) ----------------------------------------
+# ``inplace=True`` is accepted as PyTorch's: eagerly the result is also written into
+# ``input`` (a writable float array) and returned; while tracing every op makes a new value.
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False, *, backend: str | None = None) -> Tensor:
+    """``x if x > 0 else alpha * (exp(x) - 1)``."""
+    return _activation("elu", input, {"alpha": alpha}, inplace, backend)
+
+
+def gelu(input: Tensor, approximate: str = "none", *, backend: str | None = None) -> Tensor:
+    """``x * Phi(x)``; ``approximate="tanh"`` uses PyTorch's tanh approximation (op ``gelu_tanh``)."""
+    ops = {"none": "gelu", "tanh": "gelu_tanh"}
+    if approximate not in ops:
+        raise AttributeValueError(f"F.gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _activation(ops[approximate], input, {}, False, backend)
+
+
+def silu(input: Tensor, inplace: bool = False, *, backend: str | None = None) -> Tensor:
+    """``x * sigmoid(x)`` (swish)."""
+    return _activation("silu", input, {}, inplace, backend)
+
+
+def hardswish(input: Tensor, inplace: bool = False, *, backend: str | None = None) -> Tensor:
+    """``x * relu6(x + 3) / 6``."""
+    return _activation("hardswish", input, {}, inplace, backend)
+
+
+def hardsigmoid(input: Tensor, inplace: bool = False, *, backend: str | None = None) -> Tensor:
+    """``relu6(x + 3) / 6``."""
+    return _activation("hardsigmoid", input, {}, inplace, backend)
+
+
+def mish(input: Tensor, inplace: bool = False, *, backend: str | None = None) -> Tensor:
+    """``x * tanh(softplus(x))``."""
+    return _activation("mish", input, {}, inplace, backend)
+
+
+def hardtanh(
+    input: Tensor,
+    min_val: float = -1.0,
+    max_val: float = 1.0,
+    inplace: bool = False,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """``clamp(x, min_val, max_val)``; its gradient is zero at and beyond the bounds, as PyTorch's."""
+    return _activation("hardtanh", input, {"min_val": min_val, "max_val": max_val}, inplace, backend)
+
+
+def softplus(
+    input: Tensor, beta: float = 1.0, threshold: float = 20.0, *, backend: str | None = None
+) -> Tensor:
+    """``log(1 + exp(beta * x)) / beta``, linear where ``beta * x > threshold``."""
+    return _activation("softplus", input, {"beta": beta, "threshold": threshold}, False, backend)
+
+
+def _activation(op: str, input: Tensor, attrs: dict, inplace: bool, backend: str | None) -> Tensor:
+    out = _call(op, [input], attrs, backend)
+    if inplace and trace.active() is None and isinstance(input, np.ndarray) and input.flags.writeable:
+        if input.dtype == out.dtype:
+            np.copyto(input, out)
+            return input
+    return out
+
+
+# -- local response normalisation -----------------------------------------------------------
+def local_response_norm(
+    input: Tensor,
+    size: int,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 1.0,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """``x / (k + alpha / size * sum of x^2 over size neighbouring channels)^beta`` (AlexNet's LRN)."""
+    return _call(
+        "local_response_norm", [input], {"size": size, "alpha": alpha, "beta": beta, "k": k}, backend
+    )
+
+
+# -- adaptive max pooling (global max pooling) ------------------------------------------------
+def adaptive_max_pool2d(
+    input: Tensor, output_size: Any, return_indices: bool = False, *, backend: str | None = None
+) -> Tensor:
+    """Max pooling to ``output_size``; ``1`` is global max pooling (ONNX ``GlobalMaxPool``).
+
+    Runs as ``max_pool2d`` with kernel = stride = input size / output size, so each output
+    size must divide the input size (PyTorch's windows for other sizes overlap unevenly; they
+    are refused with an error saying so).
+    """
+    if return_indices:
+        raise AttributeValueError("F.adaptive_max_pool2d: return_indices=True is not supported")
+    shape = _shape_of(input)
+    if len(shape) != 4:
+        raise ShapeError(f"F.adaptive_max_pool2d: expected input [N,C,H,W], got shape {list(shape)}")
+    sizes = (output_size, output_size) if not isinstance(output_size, (tuple, list)) else tuple(output_size)
+    if len(sizes) != 2:
+        raise AttributeValueError(
+            f"F.adaptive_max_pool2d: output_size must be an int or a pair, got {output_size!r}"
+        )
+    kernel = []
+    for size, out in zip(shape[2:], sizes):
+        out = size if out is None else out
+        if isinstance(out, bool) or not isinstance(out, int) or out < 1:
+            raise AttributeValueError(
+                f"F.adaptive_max_pool2d: output_size must be positive ints, got {output_size!r}"
+            )
+        if size % out:
+            raise ShapeError(
+                f"F.adaptive_max_pool2d: output size {out} must divide the input size {size} "
+                f"(input {list(shape)}, output_size {output_size!r}); other sizes are not supported"
+            )
+        kernel.append(size // out)
+    return max_pool2d(input, tuple(kernel), tuple(kernel), backend=backend)
+
+
+# -- transposed convolution -------------------------------------------------------------------
+def conv_transpose2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: int = 1,
+    dilation: Any = 1,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """The transposed 2-D convolution ("deconvolution"); ``weight`` is ``[Cin, Cout/groups, kh, kw]``.
+
+    The output size is ``(in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1``.
+    """
+    attrs = {
+        "stride": stride,
+        "padding": padding,
+        "output_padding": output_padding,
+        "dilation": dilation,
+        "groups": groups,
+    }
+    tensors = [input, weight] + ([bias] if bias is not None else [])
+    return _call("conv_transpose2d", tensors, attrs, backend, ("input", "weight", "bias"))
+
+
+# -- padding ----------------------------------------------------------------------------------
+def pad(
+    input: Tensor,
+    pad: Sequence[int],
+    mode: str = "constant",
+    value: float | None = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """``torch.nn.functional.pad``: ``pad`` holds (before, after) pairs from the last dim
+    backwards, ``(left, right, top, bottom, ...)``; modes ``constant`` (``value``, default 0),
+    ``reflect``, ``replicate``, ``circular``. Negative pads crop (constant mode)."""
+    shape = _shape_of(input)
+    rank = len(shape)
+    if not isinstance(pad, (tuple, list)) or len(pad) % 2 or len(pad) // 2 > rank:
+        raise AttributeValueError(
+            f"F.pad: pad must hold (before, after) pairs for at most {rank} dims of input "
+            f"{list(shape)}, got {pad!r}"
+        )
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise AttributeValueError(
+            f"F.pad: mode must be 'constant', 'reflect', 'replicate' or 'circular', got {mode!r}"
+        )
+    if value is not None and mode != "constant":
+        raise AttributeValueError(f"F.pad: value applies to mode 'constant' only, got mode {mode!r}")
+    befores, afters = [0] * rank, [0] * rank
+    for k in range(len(pad) // 2):
+        befores[rank - 1 - k], afters[rank - 1 - k] = pad[2 * k], pad[2 * k + 1]
+    attrs = {"pads": tuple(befores + afters), "mode": mode, "value": 0.0 if value is None else value}
+    return _call("pad", [input], attrs, backend)
+
+
+# -- layer norm and group norm ----------------------------------------------------------------
+def layer_norm(
+    input: Tensor,
+    normalized_shape: Any,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` dims, then ``* weight + bias``."""
+    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+        normalized_shape = (normalized_shape,)
+    shape = tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else normalized_shape
+    params = _affine("layer_norm", weight, bias, shape, input)
+    attrs = {"normalized_shape": shape, "eps": eps}
+    return _call("layer_norm", [input, *params], attrs, backend, ("input", "weight", "bias"))
+
+
+def group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Normalise each group of ``C / num_groups`` channels of a sample, then ``* weight[c] + bias[c]``."""
+    shape = _shape_of(input)
+    channels = (shape[1],) if len(shape) > 1 else ()
+    params = _affine("group_norm", weight, bias, channels, input)
+    attrs = {"num_groups": num_groups, "eps": eps}
+    return _call("group_norm", [input, *params], attrs, backend, ("input", "weight", "bias"))
+
+
+def _affine(op: str, weight: Tensor | None, bias: Tensor | None, shape: Any, input: Tensor) -> list:
+    """The affine inputs of a normalisation op: none, the weight, or both (a bias without a
+    weight is given the weight 1, eagerly; while tracing it needs a module parameter)."""
+    if bias is None:
+        return [] if weight is None else [weight]
+    if weight is None:
+        tracer = trace.active()
+        if tracer is not None:
+            raise ConvforgeError(f"{tracer.where()}: F.{op} with a bias but no weight cannot be traced")
+        weight = np.ones(shape, np.asarray(input).dtype)
+    return [weight, bias]

@@ -22,6 +22,8 @@ import numpy as np
 from convforge.errors import AttributeValueError, ConvforgeError, StateDictError
 from convforge.frontend import functional as F
 from convforge.frontend import trace
+from convforge.ir.ops import registry
+from convforge.ir.ops.common import int_tuple
 from convforge.serialization import OPTIMIZER_PREFIX
 
 _rng = np.random.default_rng(0)
@@ -314,18 +316,8 @@ def _uniform(shape: tuple[int, ...], bound: float) -> Parameter:
     return Parameter(_rng.uniform(-bound, bound, size=shape).astype(np.float32))
 
 
-def _int_or_tuple(name: str, value: Any, n: int, layer: str) -> tuple[int, ...]:
-    if isinstance(value, bool):
-        raise AttributeValueError(f"{layer}: {name} must be an int or a tuple of {n} ints, got {value!r}")
-    if isinstance(value, int):
-        return (value,) * n
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == n
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return tuple(value)
-    raise AttributeValueError(f"{layer}: {name} must be an int or a tuple of {n} ints, got {value!r}")
+#: Conv padding modes, as PyTorch's (``"zeros"`` pads inside the convolution)
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 class _ConvNd(Module):
@@ -354,33 +346,25 @@ class _ConvNd(Module):
                 f"{name}: groups={groups} must divide in_channels={in_channels} "
                 f"and out_channels={out_channels}"
             )
-        if padding_mode != "zeros":
-            raise AttributeValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        if padding_mode not in _PADDING_MODES:
+            raise AttributeValueError(
+                f"{name}: padding_mode must be one of {', '.join(map(repr, _PADDING_MODES))}, "
+                f"got {padding_mode!r}"
+            )
+        self.padding_mode = padding_mode
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _int_or_tuple("kernel_size", kernel_size, n, name)
-        self.stride = _int_or_tuple("stride", stride, n, name)
-        self.dilation = _int_or_tuple("dilation", dilation, n, name)
-        for label, v in (
-            ("kernel_size", self.kernel_size),
-            ("stride", self.stride),
-            ("dilation", self.dilation),
-        ):
-            if min(v) <= 0:
-                raise AttributeValueError(f"{name}: {label} must be positive, got {v}")
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise AttributeValueError(
-                    f"{name}: padding must be 'same', 'valid', an int or a tuple, got {padding!r}"
-                )
-            if padding == "same" and any(s != 1 for s in self.stride):
-                raise AttributeValueError(
-                    f"{name}: padding='same' requires stride 1, got stride {self.stride}"
-                )
-            self.padding: Any = padding
-        else:
-            self.padding = _int_or_tuple("padding", padding, n, name)
-            if min(self.padding) < 0:
-                raise AttributeValueError(f"{name}: padding must be >= 0, got {self.padding}")
+        self.kernel_size = int_tuple("kernel_size", kernel_size, n, bound="positive", where=name)
+        self.stride = int_tuple("stride", stride, n, bound="positive", where=name)
+        self.dilation = int_tuple("dilation", dilation, n, bound="positive", where=name)
+        self.padding: Any = (
+            padding
+            if isinstance(padding, str)
+            else int_tuple("padding", padding, n, minimum=None, where=name)
+        )
+        # the op checks the rest ("same"/"valid" resolved as at call time, pads >= 0)
+        pads = F.resolve_padding(self.padding, self.kernel_size, self.dilation, self.stride, name)
+        attrs = {"stride": self.stride, "padding": pads, "dilation": self.dilation, "groups": groups}
+        registry.get(f"conv{n}d").normalize(attrs, where=name)
         fan_in = in_channels // groups * int(np.prod(self.kernel_size))
         bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)), PyTorch's default
         self.weight = _uniform((out_channels, in_channels // groups, *self.kernel_size), bound)
@@ -389,10 +373,25 @@ class _ConvNd(Module):
         else:
             self.register_parameter("bias", None)
 
+    def _padded(self, x: Any) -> tuple[Any, Any]:
+        """(input, conv padding): with a padding_mode other than zeros the input is padded by
+        ``F.pad`` in that mode and the convolution pads nothing, as PyTorch does."""
+        if self.padding_mode == "zeros":
+            return x, self.padding
+        n = self._dims
+        pads = F.resolve_padding(
+            self.padding, self.kernel_size, self.dilation, self.stride, type(self).__name__
+        )
+        lo, hi = (pads, pads) if len(pads) == n else (pads[:n], pads[n:])
+        flat = [p for d in reversed(range(n)) for p in (lo[d], hi[d])]
+        return F.pad(x, flat, mode=self.padding_mode), 0
+
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding not in (0, (0,) * self._dims):
             s += f", padding={self.padding}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         if self.dilation != (1,) * self._dims:
             s += f", dilation={self.dilation}"
         if self.groups != 1:
@@ -408,7 +407,8 @@ class Conv2d(_ConvNd):
     _dims = 2
 
     def forward(self, x: Any) -> Any:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x, padding = self._padded(x)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 class Conv1d(_ConvNd):
@@ -417,7 +417,160 @@ class Conv1d(_ConvNd):
     _dims = 1
 
     def forward(self, x: Any) -> Any:
-        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x, padding = self._padded(x)
+        return F.conv1d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+
+class _PadNd(Module):
+    """``F.pad`` of the last ``_dims`` dims; ``padding`` is an int or ``(left, right[, top, bottom])``."""
+
+    _dims = 2
+    _mode = "constant"
+
+    def __init__(self, padding: Any, value: float | None = None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        n = 2 * self._dims
+        self.padding = int_tuple("padding", padding, n, minimum=None, where=name)
+        self.value = value
+        if self._mode != "constant" and min(self.padding) < 0:
+            raise AttributeValueError(f"{name}: padding must be >= 0, got {padding!r}")
+
+    def forward(self, x: Any) -> Any:
+        shape = x.shape if hasattr(x, "shape") else np.shape(x)
+        if len(shape) not in (self._dims + 1, self._dims + 2):
+            raise ConvforgeError(
+                f"{_where(self)}: expected input of rank {self._dims + 1} or {self._dims + 2}, "
+                f"got shape {list(shape)}"
+            )
+        value = self.value if self._mode == "constant" else None
+        return F.pad(x, list(self.padding), self._mode, value)
+
+    def extra_repr(self) -> str:
+        return f"{self.padding}" + (f", value={self.value}" if self._mode == "constant" else "")
+
+
+class ZeroPad2d(_PadNd):
+    def __init__(self, padding: Any) -> None:
+        super().__init__(padding, 0.0)
+
+
+class ConstantPad2d(_PadNd):
+    def __init__(self, padding: Any, value: float) -> None:
+        super().__init__(padding, value)
+
+
+class ReflectionPad2d(_PadNd):
+    _mode = "reflect"
+
+
+class ReplicationPad2d(_PadNd):
+    _mode = "replicate"
+
+
+class CircularPad2d(_PadNd):
+    _mode = "circular"
+
+
+class ZeroPad1d(_PadNd):
+    _dims = 1
+
+    def __init__(self, padding: Any) -> None:
+        super().__init__(padding, 0.0)
+
+
+class ConstantPad1d(_PadNd):
+    _dims = 1
+
+    def __init__(self, padding: Any, value: float) -> None:
+        super().__init__(padding, value)
+
+
+class ReflectionPad1d(_PadNd):
+    _dims, _mode = 1, "reflect"
+
+
+class ReplicationPad1d(_PadNd):
+    _dims, _mode = 1, "replicate"
+
+
+class CircularPad1d(_PadNd):
+    _dims, _mode = 1, "circular"
+
+
+class ConvTranspose2d(Module):
+    """The transposed 2-D convolution; ``weight`` is ``[in_channels, out_channels / groups, kh, kw]``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        output_padding: Any = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: Any = 1,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for label, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise AttributeValueError(f"{name}: {label} must be a positive int, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise AttributeValueError(
+                f"{name}: groups={groups} must divide in_channels={in_channels} "
+                f"and out_channels={out_channels}"
+            )
+        if padding_mode != "zeros":
+            raise AttributeValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = int_tuple("kernel_size", kernel_size, 2, bound="positive", where=name)
+        self.stride = int_tuple("stride", stride, 2, bound="positive", where=name)
+        self.padding = int_tuple("padding", padding, 2, minimum=0, where=name)
+        self.output_padding = int_tuple("output_padding", output_padding, 2, minimum=0, where=name)
+        self.dilation = int_tuple("dilation", dilation, 2, bound="positive", where=name)
+        attrs = {
+            "stride": self.stride,
+            "padding": self.padding,
+            "output_padding": self.output_padding,
+            "dilation": self.dilation,
+            "groups": groups,
+        }
+        registry.get("conv_transpose2d").normalize(attrs, where=name)
+        # kaiming_uniform(a=sqrt(5)) as PyTorch: the fan-in of a transposed weight is dim 1
+        bound = 1.0 / math.sqrt(out_channels // groups * int(np.prod(self.kernel_size)))
+        self.weight = _uniform((in_channels, out_channels // groups, *self.kernel_size), bound)
+        if bias:
+            self.bias = _uniform((out_channels,), bound)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Any) -> Any:
+        return F.conv_transpose2d(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.output_padding != (0, 0):
+            s += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + (", bias=False" if self.bias is None else "")
 
 
 class Linear(Module):
@@ -509,8 +662,6 @@ def _pool_repr(layer: Module) -> str:
 
 
 def _validate_pool(layer: Module) -> None:
-    from convforge.ir.ops import registry
-
     attrs = {
         k: getattr(layer, k)
         for k in (
@@ -537,6 +688,23 @@ class AdaptiveAvgPool2d(Module):
 
     def forward(self, x: Any) -> Any:
         return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool2d(Module):
+    """Max pooling to a fixed output size that divides the input size; ``AdaptiveMaxPool2d(1)``
+    is global max pooling."""
+
+    def __init__(self, output_size: Any, return_indices: bool = False) -> None:
+        super().__init__()
+        if return_indices:
+            raise AttributeValueError("AdaptiveMaxPool2d: return_indices=True is not supported")
+        self.output_size, self.return_indices = output_size, return_indices
+
+    def forward(self, x: Any) -> Any:
+        return F.adaptive_max_pool2d(x, self.output_size)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
@@ -601,9 +769,90 @@ class BatchNorm2d(_BatchNorm):
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch normalisation over [N, C] input, per feature."""
+    """Batch normalisation over [N, C] or [N, C, L] input, per feature (channel)."""
 
-    _ranks = (2,)
+    _ranks = (2, 3)
+
+
+class LocalResponseNorm(Module):
+    """Normalise each element by the squares of its ``size`` neighbouring channels (AlexNet)."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        attrs = {"size": size, "alpha": alpha, "beta": beta, "k": k}
+        registry.get("local_response_norm").normalize(attrs, where="LocalResponseNorm")
+
+    def forward(self, x: Any) -> Any:
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class LayerNorm(Module):
+    """Normalise over the trailing ``normalized_shape`` dims; ``weight`` / ``bias`` of that shape."""
+
+    def __init__(
+        self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True
+    ) -> None:
+        super().__init__()
+        if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+            normalized_shape = (normalized_shape,)
+        attrs = registry.get("layer_norm").normalize(
+            {"normalized_shape": normalized_shape, "eps": eps}, where="LayerNorm"
+        )
+        self.normalized_shape, self.eps = attrs["normalized_shape"], attrs["eps"]
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, np.float32))
+            if bias:
+                self.bias = Parameter(np.zeros(self.normalized_shape, np.float32))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Any) -> Any:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class GroupNorm(Module):
+    """Normalise each group of ``num_channels / num_groups`` channels; weight and bias per channel."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        attrs = registry.get("group_norm").normalize(
+            {"num_groups": num_groups, "eps": eps}, where="GroupNorm"
+        )
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+            raise AttributeValueError(f"GroupNorm: num_channels must be a positive int, got {num_channels!r}")
+        if num_channels % num_groups:
+            raise AttributeValueError(
+                f"GroupNorm: num_groups={num_groups} must divide num_channels={num_channels}"
+            )
+        self.num_groups, self.num_channels, self.eps, self.affine = (
+            num_groups,
+            num_channels,
+            attrs["eps"],
+            affine,
+        )
+        if affine:
+            self.weight = Parameter(np.ones(num_channels, np.float32))
+            self.bias = Parameter(np.zeros(num_channels, np.float32))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Any) -> Any:
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
 class Dropout(Module):
@@ -639,6 +888,14 @@ class ReLU(Module):
         return F.relu(x)
 
 
+class ReLU6(Module):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+
+    def forward(self, x: Any) -> Any:
+        return F.relu6(x)
+
+
 class LeakyReLU(Module):
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
@@ -656,6 +913,106 @@ class Sigmoid(Module):
 class Tanh(Module):
     def forward(self, x: Any) -> Any:
         return F.tanh(x)
+
+
+class _Activation(Module):
+    """A pointwise activation layer: its attributes are checked when it is built."""
+
+    _op = ""
+    _attrs: tuple[str, ...] = ()
+
+    def _check(self) -> None:
+        attrs = {k: getattr(self, k) for k in self._attrs}
+        registry.get(self._op).normalize(attrs, where=type(self).__name__)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._attrs)
+
+
+class ELU(_Activation):
+    _op, _attrs = "elu", ("alpha",)
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__()
+        self.alpha, self.inplace = alpha, inplace
+        self._check()
+
+    def forward(self, x: Any) -> Any:
+        return F.elu(x, self.alpha, self.inplace)
+
+
+class GELU(Module):
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise AttributeValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: Any) -> Any:
+        return F.gelu(x, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(Module):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Any) -> Any:
+        return F.silu(x, self.inplace)
+
+
+class Hardswish(Module):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Any) -> Any:
+        return F.hardswish(x, self.inplace)
+
+
+class Hardsigmoid(Module):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Any) -> Any:
+        return F.hardsigmoid(x, self.inplace)
+
+
+class Mish(Module):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Any) -> Any:
+        return F.mish(x, self.inplace)
+
+
+class Hardtanh(_Activation):
+    _op, _attrs = "hardtanh", ("min_val", "max_val")
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> None:
+        super().__init__()
+        self.min_val, self.max_val, self.inplace = min_val, max_val, inplace
+        self._check()
+
+    def forward(self, x: Any) -> Any:
+        return F.hardtanh(x, self.min_val, self.max_val, self.inplace)
+
+
+class Softplus(_Activation):
+    _op, _attrs = "softplus", ("beta", "threshold")
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        super().__init__()
+        self.beta, self.threshold = beta, threshold
+        self._check()
+
+    def forward(self, x: Any) -> Any:
+        return F.softplus(x, self.beta, self.threshold)
 
 
 class Softmax(Module):

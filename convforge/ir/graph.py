@@ -17,57 +17,16 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from convforge.errors import ConvforgeError, VerificationError
+from convforge.errors import VerificationError, wrap_error
+from convforge.ir.attrs import Attrs, AttrValue
+from convforge.ir.ops import registry
+from convforge.ir.printer import print_graph
 from convforge.ir.types import TensorType
+from convforge.ir.verify import verify as verify_graph
 
-AttrValue = Any  # int | float | bool | str | None | tuple of those
-
-
-class Attrs(Mapping[str, AttrValue]):
-    """Frozen, ordered, hashable node attributes; lists become tuples."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Mapping[str, AttrValue] | None = None) -> None:
-        self._items = tuple((k, _freeze(v)) for k, v in (items or {}).items())
-
-    def __getitem__(self, key: str) -> AttrValue:
-        for k, v in self._items:
-            if k == key:
-                return v
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return hash(self._items)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Attrs):
-            return self._items == other._items
-        if isinstance(other, Mapping):
-            return dict(self._items) == {k: _freeze(v) for k, v in other.items()}
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"Attrs({dict(self._items)!r})"
-
-    def replace(self, **changes: AttrValue) -> Attrs:
-        merged = dict(self._items)
-        merged.update(changes)
-        return Attrs(merged)
-
-
-def _freeze(value: AttrValue) -> AttrValue:
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # NumPy scalars
-        return value.item()
-    return value
+# ``Attrs`` and ``wrap_error`` live in ``convforge.ir.attrs`` and ``convforge.errors``; they
+# are re-exported here for the modules that import them from the graph.
+__all__ = ["AttrValue", "Attrs", "Graph", "Node", "Value", "wrap_error"]
 
 
 class Value:
@@ -97,7 +56,8 @@ class Value:
 class Node:
     """One operation: ``outputs = op(inputs) {attrs}``, with ``meta`` about where it came from.
 
-    ``region`` is set on ``fusion`` nodes: the ops the node fuses (usually a chain).
+    ``region`` is set on nodes of a region op (``Op.region``, e.g. ``fusion``): the ops the
+    node fuses (usually a chain).
     """
 
     __slots__ = ("op", "inputs", "outputs", "attrs", "meta", "region", "graph")
@@ -186,24 +146,19 @@ class Graph:
         output_types: Sequence[TensorType] | None = None,
         region: Graph | None = None,
     ) -> Node:
-        """Insert ``op(inputs) {attrs}``; attributes are normalised and types inferred by the op."""
-        from convforge.ir.ops import registry
-
-        opdef = registry.get(op) if op != "fusion" else None
+        """Insert ``op(inputs) {attrs}``; attributes are normalised and types inferred by the op
+        (a region op's types are its region's output types)."""
+        opdef = registry.get(op)
         merged_meta = {**self._default_meta, **(meta or {})}
         node = Node(op, Attrs(attrs), merged_meta)
-        if opdef is not None:
-            node.attrs = opdef.normalize(node.attrs, where=_where(node, merged_meta))
+        where = _where(node, merged_meta)
+        node.attrs = opdef.normalize(node.attrs, where=where)
         if output_types is None:
-            if opdef is None:
-                raise VerificationError("a fusion node needs explicit output types")
-            output_types = opdef.infer_types(
-                [v.type for v in inputs], node.attrs, where=_where(node, merged_meta)
-            )
+            output_types = opdef.result_types([v.type for v in inputs], node.attrs, region, where=where)
         base = self.fresh_name(name)
         self._names.add(base)
         node.inputs = list(inputs)
-        suffixes = opdef.output_names if opdef is not None else ()
+        suffixes = opdef.output_names
         for i, t in enumerate(output_types):
             suffix = suffixes[i] if i < len(suffixes) else f"out{i}"
             out_name = base if i == 0 else self.fresh_name(f"{base}.{suffix}")
@@ -296,23 +251,46 @@ class Graph:
         raise KeyError(name)
 
     def verify(self) -> None:
-        from convforge.ir.verify import verify
-
-        verify(self)
+        verify_graph(self)
 
     def copy(self) -> Graph:
-        """A deep copy (values and nodes are new objects, names are kept)."""
-        from convforge.ir.parser import parse
-        from convforge.ir.printer import print_graph
+        """A deep copy: new values and nodes with the same names, types, attributes and meta,
+        regions copied the same way, and ``meta`` copied. No shape rule runs.
 
-        clone = parse(print_graph(self))
-        for old, new in zip(self.nodes, clone.nodes):
-            new.meta = dict(old.meta)
+        Meta's dicts, lists, sets and tuples are copied (mutating the copy's leaves the
+        original alone); other objects in it (a memory plan) are shared.
+        """
+        clone = Graph(self.name)
+        clone.meta = _copy_meta(self.meta)
+        new: dict[int, Value] = {}
+        for v in self.inputs:
+            new[id(v)] = Value(v.name, v.type)
+            clone.inputs.append(new[id(v)])
+        for node in self.nodes:
+            twin = Node(node.op, node.attrs, _copy_meta(node.meta))
+            for v in node.inputs:
+                if id(v) not in new:
+                    raise VerificationError(
+                        f"cannot copy graph @{self.name}: {node.describe()} uses %{v.name}, "
+                        f"which is not defined before it"
+                    )
+                twin.inputs.append(new[id(v)])
+                if twin not in new[id(v)].users:
+                    new[id(v)].users.append(twin)
+            for i, out in enumerate(node.outputs):
+                new[id(out)] = Value(out.name, out.type, twin, i)
+                twin.outputs.append(new[id(out)])
+            twin.region = node.region.copy() if node.region is not None else None
+            twin.graph = clone
+            clone.nodes.append(twin)
+        for v in self.outputs:
+            if id(v) not in new:
+                raise VerificationError(f"cannot copy graph @{self.name}: output %{v.name} is not defined")
+            clone.outputs.append(new[id(v)])
+        clone._names = {v.name for v in clone.values()}
         return clone
 
     def __str__(self) -> str:
-        from convforge.ir.printer import print_graph
-
         return print_graph(self)
 
     def __repr__(self) -> str:
@@ -324,11 +302,11 @@ def _where(node: Node, meta: Mapping[str, Any]) -> str:
     return f"{layer}: {node.op}" if layer else node.op
 
 
-def wrap_error(exc: ConvforgeError, where: str) -> ConvforgeError:
-    """Prefix an error's message with where it happened, keeping its class."""
-    msg = str(exc)
-    if msg.startswith(where):
-        return exc
-    new = type(exc)(f"{where}: {msg}")
-    new.__cause__ = exc
-    return new
+def _copy_meta(value: Any) -> Any:
+    """``value`` with its dicts, lists, sets and tuples copied, recursively; other objects shared."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy_meta(v) for k, v in value.items()}
+    if kind in (list, tuple, set):
+        return kind(_copy_meta(v) for v in value)
+    return value

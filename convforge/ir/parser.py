@@ -15,7 +15,7 @@ from typing import Any
 
 from convforge.errors import ConvforgeError, IRParseError
 from convforge.ir.graph import Graph, Node, Value
-from convforge.ir.printer import META_SEP, NAME_CHARS
+from convforge.ir.printer import META_SEP, NAME_CHARS, is_region_op
 from convforge.ir.types import BATCH, DTYPES, TensorType
 
 _IDENT_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
@@ -319,13 +319,13 @@ class _Parser:
         region: Graph | None = None
         if self.at("punct", "{"):
             self.advance()
-            if op == "fusion" and (self.at("newline") or self.at("comment")):
+            if is_region_op(op) and (self.at("newline") or self.at("comment")):
                 self.pos -= 1  # the region block, not attributes
             else:
                 attrs = self.parse_attr_body()
         meta: dict[str, Any] = {}
-        if op == "fusion":
-            self.expect("punct", "{", "'{' opening the fusion region")
+        if is_region_op(op):
+            self.expect("punct", "{", f"'{{' opening the {op} region")
             meta = self.parse_meta()
             self.expect("newline", what="end of line")
             region = self.parse_region(inputs, op_tok)
@@ -423,7 +423,7 @@ class _Parser:
             raise _error(tok.line, col + len(text) - len(rest), "end of line", repr(rest))
         return value
 
-    def parse_region(self, operands: list[Value], fusion_tok: Token) -> Graph:
+    def parse_region(self, operands: list[Value], owner: Token) -> Graph:
         """The chain ``op(%a, %b) {attrs} -> op -> op(%c) {attrs}`` and the closing ``}``."""
         region = Graph("region")
         scope: dict[str, Value] = {}
@@ -433,12 +433,12 @@ class _Parser:
             scope.setdefault(v.name, inner)
         self.skip_newlines()
         if self.at("value"):
-            return self.parse_region_block(region, scope)
+            return self.parse_region_block(region, scope, owner)
         previous: Node | None = None
         while True:
             op_tok = self.parse_op_name()
-            if op_tok.value == "fusion":
-                raise self.error_at(op_tok, "a fusion region cannot hold a nested fusion")
+            if is_region_op(op_tok.value):
+                raise self.error_at(op_tok, f"a {owner.value} region cannot hold a nested {op_tok.value}")
             if previous is None:
                 inputs = self.parse_operands(scope)
             else:
@@ -454,27 +454,28 @@ class _Parser:
             if not self.accept("punct", "->"):
                 break
             self.skip_newlines()
-        self.expect("punct", "}", "'->' or '}' closing the fusion region")
+        self.expect("punct", "}", f"'->' or '}}' closing the {owner.value} region")
         region.set_outputs(previous.outputs)
         return region
 
-    def parse_region_block(self, region: Graph, scope: dict[str, Value]) -> Graph:
+    def parse_region_block(self, region: Graph, scope: dict[str, Value], owner: Token) -> Graph:
         """Typed lines ``%r0: T = op(...)``, then ``yield %a, ...`` and the closing ``}``."""
         while self.at("value"):
             line = self.tok
             self.parse_node(region, scope)
-            if region.nodes[-1].op == "fusion":
-                raise self.error_at(line, "a fusion region cannot hold a nested fusion")
+            inner = region.nodes[-1].op
+            if is_region_op(inner):
+                raise self.error_at(line, f"a {owner.value} region cannot hold a nested {inner}")
             self.skip_newlines()
-        tok = self.expect("ident", what="'yield' ending the fusion region")
+        tok = self.expect("ident", what=f"'yield' ending the {owner.value} region")
         if tok.value != "yield":
-            raise self.error_at(tok, f"expected 'yield' ending the fusion region, got {tok.value!r}")
+            raise self.error_at(tok, f"expected 'yield' ending the {owner.value} region, got {tok.value!r}")
         outputs = [self.use(scope)]
         while self.accept("punct", ","):
             outputs.append(self.use(scope))
         self.expect("newline", what="end of line")
         self.skip_newlines()
-        self.expect("punct", "}", "'}' closing the fusion region")
+        self.expect("punct", "}", f"'}}' closing the {owner.value} region")
         region.set_outputs(outputs)
         return region
 
@@ -518,7 +519,7 @@ class _Parser:
             if stated != inferred:
                 raise self.error_at(
                     results[0][0],
-                    f"expected the fusion's result types to be its region's output types "
+                    f"expected the {op_tok.value}'s result types to be its region's output types "
                     f"({', '.join(map(str, inferred))}), got ({', '.join(map(str, stated))})",
                 )
             node = self.create(graph, op_tok, inputs, attrs, meta, first, stated, region)

@@ -8,9 +8,9 @@
       return %2
     }
 
-A fusion node prints its region as a chain of steps, naming operands by the fusion's own
-operand names (region input ``i`` is fusion operand ``i``); the region's outputs are the
-last step's outputs::
+A node of a region op (``Op.region``: ``fusion``) prints its region as a chain of steps,
+naming operands by the fusion's own operand names (region input ``i`` is fusion operand
+``i``); the region's outputs are the last step's outputs::
 
       %3: f32[N,6,14,14] = fusion(%x, %w, %b) {
           conv2d(%x, %w, %b) {stride=[1,1], ...} -> relu -> max_pool2d {kernel_size=[2,2], ...}
@@ -34,11 +34,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from convforge.errors import AttributeValueError, VerificationError
-from convforge.ir.graph import Graph, Node, Value
+from convforge.errors import AttributeValueError, UnknownOpError, VerificationError
+from convforge.ir.ops import registry
 from convforge.ir.types import BATCH, TensorType
+
+if TYPE_CHECKING:  # the graph imports the printer for ``str(graph)``
+    from convforge.ir.graph import Graph, Node, Value
 
 #: characters a name may hold unquoted; any other name prints as a JSON string (``%"a b"``)
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
@@ -144,7 +147,7 @@ def _node_lines(node: Node) -> list[str]:
         operands = ", ".join(format_value(v) for v in node.inputs)
         head = f"  {results} = {format_name('', node.op)}({operands}){format_attrs(node.attrs)}"
         comment = format_meta(node.meta)
-        if node.op != "fusion":
+        if not is_region_op(node.op):
             return [head + comment]
         _check_region(node)
         try:
@@ -156,6 +159,15 @@ def _node_lines(node: Node) -> list[str]:
     return [f"{head} {{{comment}", *body, "  }"]
 
 
+def is_region_op(op: str) -> bool:
+    """Whether ``op`` is a registered region op (``Op.region``): one whose nodes hold a
+    sub-graph. An unknown name is not (creating its node is what reports it)."""
+    try:
+        return registry.get(op).region
+    except UnknownOpError:
+        return False
+
+
 class _NotAChain(Exception):
     """The region is a valid graph but not a chain: print it as a block."""
 
@@ -163,7 +175,7 @@ class _NotAChain(Exception):
 def _check_region(node: Node) -> None:
     region = node.region
     if region is None:
-        raise VerificationError("fusion node without a region")
+        raise VerificationError(f"{node.op} node without a region")
     if len(region.inputs) != len(node.inputs):
         raise VerificationError(
             f"expected the region to have one input per fusion operand ({len(node.inputs)}), "
@@ -171,7 +183,7 @@ def _check_region(node: Node) -> None:
         )
     if not region.nodes:
         raise VerificationError("expected a region with at least one node, got none")
-    if any(step.op == "fusion" for step in region.nodes):
+    if any(is_region_op(step.op) for step in region.nodes):
         raise VerificationError("a region cannot hold a nested fusion")
 
 

@@ -6,6 +6,8 @@ f32[N,1,28,28]
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,12 @@ DTYPES: dict[str, np.dtype] = {
     "bool": np.dtype(np.bool_),
 }
 FLOAT_DTYPES = ("f32", "f64")
+
+#: The most elements one tensor (or one scratch buffer a kernel allocates) may hold: checked
+#: at compile time with the batch ``N`` counted as 1, and again at run time for the actual
+#: batch (``docs/design.md``, "Limits"). Every dimension, attribute size and index is then
+#: far inside int64, so no shape or index arithmetic can overflow.
+MAX_ELEMENTS = 2**31 - 1
 
 
 def dtype_name(dtype: object) -> str:
@@ -89,7 +97,8 @@ class TensorType:
         return tuple(batch if d == BATCH else d for d in self.shape)  # type: ignore[misc]
 
     def numel(self, batch: int = 1) -> int:
-        return int(np.prod(self.concrete(batch), dtype=np.int64))
+        """The element count, exact (Python ints: never wraps around like an int64 product)."""
+        return math.prod(self.concrete(batch))
 
     def nbytes(self, batch: int = 1) -> int:
         return self.numel(batch) * self.np_dtype.itemsize
@@ -103,6 +112,24 @@ class TensorType:
 def scalar(dtype: str = "f32") -> TensorType:
     """A rank-0 tensor type."""
     return TensorType(dtype, ())
+
+
+def check_elements(shape: Iterable[Dim], what: str, limit: int = MAX_ELEMENTS) -> int:
+    """The element count of ``shape`` (``N`` counted as 1); a ShapeError naming ``what`` when
+    it exceeds ``limit`` (:data:`MAX_ELEMENTS`)::
+
+        check_elements((1, 2**40, 3, 3), "weight")   # ShapeError: weight [1,1099511627776,3,3] ...
+    """
+    dims = tuple(shape)
+    count = math.prod(1 if d == BATCH else int(d) for d in dims)  # type: ignore[arg-type]
+    if count > limit:
+        shown = ",".join(str(d) for d in dims)
+        per = " per batch item" if BATCH in dims else ""
+        raise ShapeError(
+            f"{what} [{shown}] would hold {count} elements{per}, more than the limit of "
+            f"{limit} (2**31 - 1) elements per tensor"
+        )
+    return count
 
 
 def dim_mul(a: Dim, b: Dim) -> Dim:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from convforge.errors import ConvforgeError, VerificationError
-from convforge.ir.graph import Graph
+from convforge.ir.ops import registry
+
+if TYPE_CHECKING:  # the graph imports the verifier for ``Graph.verify``
+    from convforge.ir.graph import Graph
 
 
 def verify(graph: Graph) -> None:
     """Raise VerificationError naming the first node that breaks an invariant."""
-    from convforge.ir.ops import registry
-
     defined: set[int] = set()
     names: set[str] = set()
     for v in graph.inputs:
@@ -25,19 +28,15 @@ def verify(graph: Graph) -> None:
                 raise VerificationError(f"{where}: input %{v.name} is not defined before its use")
             if node not in v.users:
                 raise VerificationError(f"{where}: %{v.name} does not list the node among its users")
-        if node.op == "fusion":
-            if node.region is None:
-                raise VerificationError(f"{where}: fusion node without a region")
+        try:
+            op = registry.get(node.op)
+            expected = op.result_types([v.type for v in node.inputs], node.attrs, node.region, where=where)
+        except VerificationError:
+            raise
+        except ConvforgeError as exc:
+            raise VerificationError(f"{where}: type rule fails: {exc}") from None
+        if op.region:
             verify(node.region)
-            expected = tuple(v.type for v in node.region.outputs)
-        else:
-            try:
-                op = registry.get(node.op)
-                expected = op.infer_types([v.type for v in node.inputs], node.attrs, where=where)
-            except VerificationError:
-                raise
-            except ConvforgeError as exc:
-                raise VerificationError(f"{where}: type rule fails: {exc}") from None
         got = tuple(v.type for v in node.outputs)
         if got != expected:
             raise VerificationError(

@@ -1,4 +1,4 @@
-"""Fold eval-mode batch norm into the preceding conv or linear layer (inference).
+"""Fold eval-mode batch norm into the preceding conv, conv_transpose2d or linear layer (inference).
 
 ``conv(x, w, b) -> batch_norm(., gamma, beta, mean, var)`` becomes
 ``conv(x, bn_fold_weight(w, gamma, var), bn_fold_bias(gamma, beta, mean, var, b))``. The
@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from convforge.ir.graph import Graph
+from convforge.ir.ops import registry
+from convforge.ir.ops.registry import FusionKind
 from convforge.passes.manager import Pass, register_pass
 
-PRODUCERS = ("conv2d", "conv1d", "linear")
+#: producers whose weight keeps the output channels in dim 1 (``bn_fold_weight_transposed``)
+TRANSPOSED = ("conv_transpose2d",)
 
 
 @register_pass
@@ -29,12 +32,24 @@ class FoldBatchnorm(Pass):
                 continue
             z = node.inputs[0]
             conv = z.producer
-            if conv is None or conv.op not in PRODUCERS or len(z.users) != 1 or z in graph.outputs:
+            if (
+                conv is None
+                or (registry.get(conv.op).fusion is not FusionKind.OUT_FUSABLE and conv.op not in TRANSPOSED)
+                or len(z.users) != 1
+                or z in graph.outputs
+            ):
                 continue
             _, gamma, beta, mean, var = node.inputs
             eps = node.attrs["eps"]
             with graph.inserting_before(conv):
-                w = graph.call("bn_fold_weight", conv.inputs[1], gamma, var, eps=eps, meta=conv.meta)
+                if conv.op in TRANSPOSED:  # the weight is [Cin, Cout/groups, ...]
+                    groups = conv.attrs["groups"]
+                    w = graph.call(
+                        "bn_fold_weight_transposed", conv.inputs[1], gamma, var, eps=eps, groups=groups,
+                        meta=conv.meta,
+                    )  # fmt: skip
+                else:
+                    w = graph.call("bn_fold_weight", conv.inputs[1], gamma, var, eps=eps, meta=conv.meta)
                 b = graph.call(
                     "bn_fold_bias", gamma, beta, mean, var, *conv.inputs[2:3], eps=eps, meta=conv.meta
                 )

@@ -20,17 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from convforge.backends import epilogue
+from convforge.ir import scalar
 from convforge.ir.graph import Graph, Node, Value
+from convforge.ir.ops import registry
+from convforge.ir.ops.fusion import pattern, pool_fusable
+from convforge.ir.ops.registry import FusionKind
 from convforge.passes.manager import Pass, register_pass
 
-PRODUCERS = ("conv2d", "conv1d", "linear")
-MONOTONE = {
-    "relu": "relu_backward",
-    "leaky_relu": "leaky_relu_backward",
-    "sigmoid": "sigmoid_backward",
-    "tanh": "tanh_backward",
-}
+
+def _kind(node: Node) -> FusionKind:
+    return registry.get(node.op).fusion
+
+
+def _is_epilogue(node: Node) -> bool:
+    """An elementwise op of one input with a scalar expression: it runs on the producer's output."""
+    return _kind(node) is FusionKind.ELEMENTWISE and scalar.kind(node.op) == "unary"
 
 
 def _only_user(v: Value, graph: Graph) -> Node | None:
@@ -40,17 +44,10 @@ def _only_user(v: Value, graph: Graph) -> Node | None:
     return user if user.inputs and user.inputs[0] is v and v not in user.inputs[1:] else None
 
 
-def _pool_ok(node: Node, training: bool) -> bool:
-    a = node.attrs
-    if node.op == "max_pool2d":
-        return tuple(a["dilation"]) == (1, 1) and a["kernel_size"][0] * a["kernel_size"][1] <= 256
-    if node.op == "avg_pool2d":
-        return not training and not any(a["padding"]) and not a["ceil_mode"] and a["divisor_override"] is None
-    return False
-
-
 def forward_chain(graph: Graph, producer: Node, training: bool) -> list[Node]:
-    """The longest fusable chain starting at ``producer`` (single-user links only)."""
+    """The longest fusable chain starting at ``producer`` (single-user links only):
+    an out-fusable producer, a broadcast batch norm (inference), elementwise epilogue ops,
+    and a pool closing a conv2d chain."""
     chain = [producer]
     stage = 0  # 0: after producer, 1: after bn, 2: after activations, 3: after pool
     while True:
@@ -59,13 +56,13 @@ def forward_chain(graph: Graph, producer: Node, training: bool) -> list[Node]:
             break
         if nxt.op == "batch_norm" and stage == 0 and not training:
             stage = 1
-        elif nxt.op in epilogue.UNARY and stage <= 2:
+        elif _is_epilogue(nxt) and stage <= 2:
             stage = 2
         elif (
-            nxt.op in ("max_pool2d", "avg_pool2d")
+            _kind(nxt) is FusionKind.POOL
             and stage <= 2
             and producer.op == "conv2d"
-            and _pool_ok(nxt, training)
+            and pool_fusable(nxt, training)
         ):
             chain.append(nxt)
             break
@@ -104,10 +101,16 @@ def _safe(name: str) -> str:
 
 def _emit_fusion(graph: Graph, chain: list[Node], region: Graph, external: list[Value], before: Node) -> Node:
     with graph.inserting_before(before):
-        return graph.create_node(
-            "fusion", external, {}, {**chain[0].meta, "fused_from": [n.op for n in chain]},
-            output_types=[v.type for v in region.outputs], region=region,
-        )  # fmt: skip
+        return _fusion_node(graph, external, {**chain[0].meta, "fused_from": [n.op for n in chain]}, region)
+
+
+def _fusion_node(graph: Graph, inputs: list[Value], meta: dict, region: Graph) -> Node:
+    """A ``fusion`` node over ``region``, which must be one of the typed patterns."""
+    node = graph.create_node(
+        "fusion", inputs, {}, meta, output_types=[v.type for v in region.outputs], region=region
+    )
+    pattern(node)  # a region the backends could not read is a bug here, not in a backend
+    return node
 
 
 def _erase_chain(graph: Graph, nodes: list[Node]) -> None:
@@ -119,16 +122,17 @@ def _fuse_training_pool(graph: Graph, producer: Node, conv_backward: bool = Fals
     """conv -> act -> max_pool2d whose backward reads the activation: the argmax rewrite."""
     z = producer.outputs[0]
     act = _only_user(z, graph) if len(z.users) == 1 else None
-    if act is None or act.op not in MONOTONE:
+    if act is None or not registry.get(act.op).monotone:
         return False
+    act_backward = registry.get(act.op).backward
     a = act.outputs[0]
     pools = [u for u in a.users if u.op == "max_pool2d" and u.inputs[0] is a]
-    if len(pools) != 1 or not _pool_ok(pools[0], True) or a in graph.outputs:
+    if len(pools) != 1 or not pool_fusable(pools[0], True) or a in graph.outputs:
         return False
     pool = pools[0]
     others = [u for u in a.users if u is not pool]
     pool_bwd = [u for u in others if u.op == "max_pool2d_backward" and u.inputs[1] is a]
-    if len(pool_bwd) != 1 or any(u.op != MONOTONE[act.op] for u in others if u is not pool_bwd[0]):
+    if len(pool_bwd) != 1 or any(u.op != act_backward for u in others if u is not pool_bwd[0]):
         return False
     pb = pool_bwd[0]
     gp = pb.outputs[0]
@@ -157,10 +161,7 @@ def _fuse_training_pool(graph: Graph, producer: Node, conv_backward: bool = Fals
     g2 = bregion.call("max_pool2d_backward_argmax", g1, r_am, input_size=tuple(a.shape[2:]), **pattrs)
     bregion.set_outputs([g2])
     with graph.inserting_before(ab):
-        bwd = graph.create_node(
-            "fusion", [gy, y, argmax], {}, {**ab.meta, "fused_from": [pb.op, ab.op]},
-            output_types=[g2.type], region=bregion,
-        )  # fmt: skip
+        bwd = _fusion_node(graph, [gy, y, argmax], {**ab.meta, "fused_from": [pb.op, ab.op]}, bregion)
     graph.replace_all_uses_with(ab.outputs[0], bwd.outputs[0])
     _erase_chain(graph, [pb, ab])
     _erase_chain(graph, [producer, act, pool])
@@ -214,9 +215,7 @@ def _fuse_conv_backward(graph: Graph, bwd: Node, x: Value, w: Value) -> bool:
     region.set_outputs(results)
     meta = {**bwd.meta, "fused_from": [*bwd.meta["fused_from"], *(n.op for n in consumers)]}
     with graph.inserting_before(bwd):
-        fused = graph.create_node(
-            "fusion", external, {}, meta, output_types=[v.type for v in results], region=region
-        )
+        fused = _fusion_node(graph, external, meta, region)
     for node, new in zip(consumers, fused.outputs):
         graph.replace_all_uses_with(node.outputs[0], new)
     _erase_chain(graph, [bwd, *consumers])
@@ -236,7 +235,7 @@ class Fuse(Pass):
     def run(self, graph: Graph) -> bool:
         changed = False
         for node in list(graph.nodes):
-            if node.graph is None or node.op not in PRODUCERS:
+            if node.graph is None or _kind(node) is not FusionKind.OUT_FUSABLE:
                 continue
             if self.training and node.op == "conv2d" and _fuse_training_pool(graph, node, self.conv_backward):
                 changed = True

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from convforge.errors import ConvforgeError, PassError
+from convforge.fileio import atomic_write
 from convforge.ir.graph import Graph, Node
 
 
@@ -113,7 +114,7 @@ class DumpIR(Instrument):
         self.index = 0
 
     def dump(self, label: str, graph: Graph) -> None:
-        (self.directory / f"{self.index:03d}_{label}.txt").write_text(str(graph) + "\n")
+        atomic_write(self.directory / f"{self.index:03d}_{label}.txt", str(graph) + "\n")
         self.index += 1
 
     def before(self, p: Pass, graph: Graph) -> None:

@@ -20,6 +20,7 @@ from convforge.errors import ConvforgeError
 from convforge.frontend.compile import FRONT_PIPELINE, trace_model
 from convforge.frontend.nn import Module
 from convforge.ir.graph import Graph, Node, Value
+from convforge.ir.ops import registry
 from convforge.ir.printer import format_attrs, format_meta, format_value
 from convforge.ir.types import BATCH, TensorType
 from convforge.passes import PassManager
@@ -208,7 +209,7 @@ class _ModelCase(_Case):
         if self.training:
             # cf.compile is inference only; the training forward is the traced graph itself
             graph, inputs = self.program("forward")
-            executable = get_backend(backend).compile_graph(_copy(graph), training=True)
+            executable = get_backend(backend).compile_graph(graph.copy(), training=True)
             out = executable.run(inputs)[0]
         else:
             net = cf.compile(self.model, self.compile_shape, backend=backend, dtype=self.dtype)
@@ -226,7 +227,7 @@ class _ModelCase(_Case):
             graph = self.forward
         else:
             if self._joint is None:
-                self._joint = self._train_step("reference").graph("grad")
+                self._joint = self._train_step("reference").graph_for("grad")
             graph = self._joint
         inputs: dict[str, np.ndarray] = {}
         for v in graph.inputs:
@@ -253,8 +254,7 @@ class _GraphCase(_Case):
                  inputs: Mapping[str, np.ndarray] | None, training: bool, grads: bool,
                  seed: int) -> None:  # fmt: skip
         self.training = training
-        self.graph = _copy(graph)
-        self.graph.meta = {k: v for k, v in graph.meta.items()}
+        self.graph = graph.copy()
         self.grad_outputs: set[int] = set()
         rng = np.random.default_rng(seed)
         batch = int(input_shape[0]) if input_shape else 2
@@ -289,7 +289,7 @@ class _GraphCase(_Case):
         return f"graph @{self.graph.name}"
 
     def results(self, backend: str) -> list[_Result]:
-        executable = get_backend(backend).compile_graph(_copy(self.graph), training=self.training)
+        executable = get_backend(backend).compile_graph(self.graph.copy(), training=self.training)
         outs = executable.run(self.inputs)
         grad_names = {i: name for name, i in self.graph.meta.get("grads", {}).items()}
         results = []
@@ -307,26 +307,21 @@ class _GraphCase(_Case):
 
 
 def _random_input(v: Value, batch: int, rng: np.random.Generator) -> np.ndarray:
-    """A plausible value for graph input ``v``: normals, positive variances, valid labels, step 1."""
+    """A plausible value for graph input ``v``: normals, positive where an op says so (a
+    variance: its ``positive`` fact), valid class labels (its ``labels`` fact), step 1."""
     shape = v.type.concrete(batch)
-    uses = [(u.op, u.inputs.index(v)) for u in v.users]
+    uses = [(user, registry.get(user.op), i) for user in v.users for i, u in enumerate(user.inputs) if u is v]
     if v.type.is_float:
-        if any(op in ("batch_norm", "batch_norm_train") and i == 4 for op, i in uses):
+        if any(i in op.positive for _, op, i in uses):
             return rng.uniform(0.5, 2.0, shape).astype(v.type.np_dtype)
         return rng.standard_normal(shape).astype(v.type.np_dtype)
-    for user in v.users:
-        if user.op in ("cross_entropy", "cross_entropy_backward") and user.inputs[-1] is v:
-            classes = user.inputs[-2].type.shape[1]
+    for user, op, i in uses:
+        if i in op.labels:
+            classes = user.inputs[op.labels[i]].type.shape[1]
             return rng.integers(0, classes, shape).astype(v.type.np_dtype)
     if v.type.shape == () and v.dtype == "i64":
         return np.asarray(1, dtype=np.int64)
     return np.zeros(shape, dtype=v.type.np_dtype)
-
-
-def _copy(graph: Graph) -> Graph:
-    clone = graph.copy()
-    clone.meta = dict(graph.meta)
-    return clone
 
 
 # =========================================================================================
@@ -342,7 +337,7 @@ def _all_values(
         trace: dict[str, Any] = {}
         run_graph(graph, inputs, trace=trace)
         return trace
-    clone = _copy(graph)
+    clone = graph.copy()
     clone.meta.pop("grads", None)  # output positions change below
     values = [v for node in clone.nodes for v in node.outputs]
     clone.set_outputs(values)

@@ -66,10 +66,22 @@ def _randomise_bn(model, rng):
             m.bias[...] = rng.normal(size=m.num_features)
 
 
+def relu6_net() -> nn.Module:
+    """conv -> ReLU6 -> max pool twice (fused with the argmax in training), weights scaled so
+    that activations reach both sides of the clip."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU6(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.ReLU6(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(6 * 5 * 5, 10),
+    )  # fmt: skip
+    model[0].weight[...] *= 12.0
+    return model
+
+
 MODELS = {
     "lenet5": (lenet5, (1, 28, 28)),
     "deep_mnist": (lambda: deep_mnist(seed=0), (1, 28, 28)),
     "residual_concat": (ResidualConcat, (3, 12, 12)),
+    "relu6_net": (relu6_net, (1, 26, 26)),
 }
 
 
@@ -91,7 +103,7 @@ def test_gradients_match_torch(name, backend, rng):
     cf.manual_seed(2)
     model = build()
     x = rng.random((4, *shape), dtype=np.float32)
-    out_classes = {"lenet5": 10, "deep_mnist": 10, "residual_concat": 5}[name]
+    out_classes = {"lenet5": 10, "deep_mnist": 10, "residual_concat": 5, "relu6_net": 10}[name]
     y = rng.integers(0, out_classes, size=4)
     step = cf.compile_train(model, (None, *shape), loss="cross_entropy", backend=backend)
     step.eval()  # deterministic: dropout off, BN on running statistics

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import convforge as cf
 from convforge import backends as cf_backends
+from convforge.backends import base
 from convforge.frontend import nn
 from convforge.ir.graph import Graph
 from convforge.ir.ops import registry
@@ -223,11 +224,8 @@ def test_networks_shrink_to_small_failing_examples():
 def _faulty_backend(op: str, factor: float) -> types.ModuleType:
     """A backend that runs the references but scales every ``op`` node's output by ``factor``."""
 
-    class Executable:
+    class Executable(base.Executable):
         backend = "faulty"
-
-        def __init__(self, graph: Graph):
-            self.graph = graph
 
         def run(self, inputs):
             env = {v.name: inputs[v.name] for v in self.graph.inputs}
@@ -243,7 +241,7 @@ def _faulty_backend(op: str, factor: float) -> types.ModuleType:
             return str(self.graph)
 
     module = types.ModuleType("convforge_test_faulty_backend")
-    module.compile_graph = lambda graph, *, training=False: Executable(graph)
+    module.BACKEND = base.Backend("faulty", Executable)
     return module
 
 

@@ -16,12 +16,31 @@ import numpy as np
 
 from convforge.backends import cache
 from convforge.backends.numba_cpu import kernels
-from convforge.errors import BackendError
 from convforge.ir.graph import Graph, Value
 from convforge.ir.types import BATCH
 
 # generated kernels call helpers in ``kernels/*.py``: a helper change must miss the cache
 FLAGS = f"numba-cpu;parallel;helpers={kernels.SOURCES_HASH}"
+
+#: names the driver itself binds: IR-named locals must not take them
+RESERVED = frozenset({"N", "I", "V", "O", "K", "T", "np", "numba", "math", "run"})
+
+
+def load_generated(source: str, pattern: str) -> Any:
+    """Import generated kernel ``source`` (implementing IR ``pattern``) through the kernel cache."""
+    text = f"# convforge numba-cpu kernel for IR pattern: {pattern}\n" + source
+    return cache.load_module(text, prefix="kernel", flags=FLAGS)
+
+
+def local_name(value_name: str, is_input: bool) -> str:
+    """The driver local of an IR value: ``%0.weight`` -> ``w_0_weight``, ``%7`` -> ``v7``,
+    ``%3.argmax`` -> ``v3_argmax``, ``%x`` -> ``x``."""
+    safe = "".join(c if c.isalnum() else "_" for c in value_name)
+    if not is_input:
+        return "v" + safe
+    if not safe[:1].isalpha() or safe in RESERVED or safe.startswith("v") or safe.startswith("K"):
+        return "w_" + safe
+    return safe
 
 
 @dataclass
@@ -49,7 +68,7 @@ class Context:
     def static(self, fn: Any, label: str) -> str:
         """The driver name of a static kernel from ``kernels/<family>.py``."""
         if id(fn) not in self._static:
-            name = f"k{len(self.kernels)}"
+            name = f"K{len(self.kernels)}"
             self._static[id(fn)] = name
             self.kernels.append(KernelRef(name, label, fn))
             cache.track(label, fn)
@@ -58,9 +77,9 @@ class Context:
     def generated(self, key: Any, source: str, pattern: str) -> str:
         """The driver name of a kernel generated from ``source`` (implements IR ``pattern``)."""
         if key not in self._generated:
+            module = load_generated(f"# key: {key!r}\n" + source, pattern)
             text = f"# convforge numba-cpu kernel for IR pattern: {pattern}\n# key: {key!r}\n" + source
-            module = cache.load_module(text, prefix="kernel", flags=FLAGS)
-            name = f"k{len(self.kernels)}"
+            name = f"K{len(self.kernels)}"
             label = f"{pattern} [{module.__name__[-8:]}]"
             self._generated[key] = name
             self.kernels.append(KernelRef(name, label, module.kernel))
@@ -80,20 +99,21 @@ class Context:
         dims = [self.dim(d) for d in value.shape]
         return ", ".join(dims) + ("," if len(dims) == 1 else "")
 
-    def zeros(self, n: int, dtype: str) -> str:
-        name = f"Z{len(self.consts)}"
+    def zeros(self, n: int, dtype: str, what: str = "zeros") -> str:
+        """A module-level constant of ``n`` zeros, named for what it stands for (``no_bias``)."""
+        name = f"{what.upper()}_{len(self.consts)}"
         self.consts.append(f"{name} = np.zeros({n}, dtype=np.{np.dtype(_np(dtype)).name})")
         return name
 
     def dummy_u8(self) -> str:
         """An empty u8 stand-in for an optional output a kernel then skips (``am.shape[0] == 0``)."""
-        name = f"Z{len(self.consts)}"
+        name = f"NO_ARGMAX_{len(self.consts)}"
         self.consts.append(f"{name} = np.zeros((0, 0, 0), dtype=np.uint8)")
         return name
 
     def dummy(self, rank: int, dtype: str) -> str:
         """An empty ``rank``-d stand-in for an optional output a kernel then skips (extent 0)."""
-        name = f"Z{len(self.consts)}"
+        name = f"NO_OUTPUT_{len(self.consts)}"
         shape = ", ".join(["0"] + ["1"] * (rank - 1))
         self.consts.append(f"{name} = np.zeros(({shape},), dtype=np.{np.dtype(_np(dtype)).name})")
         return name
@@ -141,11 +161,13 @@ def generate(graph: Graph, planned: list[Value], views: set[int]) -> Program:
     """Generate the driver for ``graph``; ``planned`` values live in planned buffers ``V[i]``."""
     table = kernels.load_all()
     ctx = Context(graph)
-    for i, v in enumerate(graph.inputs):
-        ctx.names[id(v)] = f"x{i}"
-    for i, node in enumerate(graph.nodes):
-        for j, out in enumerate(node.outputs):
-            ctx.names[id(out)] = f"v{i}_{j}"
+    taken: set[str] = set()
+    for v in graph.values():
+        name = local_name(v.name, v.producer is None)
+        while name in taken:  # two IR names that differ only in punctuation
+            name += "_"
+        taken.add(name)
+        ctx.names[id(v)] = name
     planned_index = {id(v): i for i, v in enumerate(planned)}
     out_index: dict[int, int] = {}
     direct: set[int] = set()
@@ -166,12 +188,12 @@ def generate(graph: Graph, planned: list[Value], views: set[int]) -> Program:
                 prologue.append(f"{name} = V[{planned_index[id(out)]}]")
 
     for node in graph.nodes:
-        if node.op not in table:
-            raise BackendError(f"numba-cpu has no kernel for op {node.op!r} (at {node.describe()})")
+        lower = table.lookup(node)
         ins = [ctx.names[id(v)] for v in node.inputs]
         outs = [ctx.names[id(v)] for v in node.outputs]
-        ctx.line(f"# {node.describe()}")
-        table[node.op](ctx, node, ins, outs)
+        fused = node.meta.get("fused_from")
+        ctx.line(f"# {node.describe()}" + (f": {' -> '.join(fused)}" if fused else ""))
+        lower(ctx, node, ins, outs)
     for j, v in enumerate(graph.outputs):
         if j not in direct:
             ctx.line(f"O[{j}][...] = {ctx.names[id(v)]}")
@@ -179,6 +201,8 @@ def generate(graph: Graph, planned: list[Value], views: set[int]) -> Program:
     header = [
         f"# convforge numba-cpu driver for graph @{graph.name}",
         f"# nodes: {', '.join(n.op for n in graph.nodes)}",
+        "import math",
+        "",
         "import numba",
         "import numpy as np",
         "",
@@ -190,6 +214,7 @@ def generate(graph: Graph, planned: list[Value], views: set[int]) -> Program:
     body = ["    T = numba.get_num_threads()"]
     if ctx.kernels:
         body.append(f"    {', '.join(k.name for k in ctx.kernels)}, = K")
+        body += [f"    # {k.name}: {k.label}" for k in ctx.kernels]
     body += ["    " + line for line in prologue]
     body += ["    " + line for line in ctx.lines]
     body.append("    return O")

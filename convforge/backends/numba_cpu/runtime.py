@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 from convforge.backends import cache
-from convforge.backends.base import check_inputs, check_labels
+from convforge.backends.base import Executable
 from convforge.backends.numba_cpu.codegen import Program, generate
 from convforge.errors import ConvforgeError
 from convforge.ir.graph import Graph
@@ -52,19 +52,20 @@ def configure_threads() -> None:
         pass
 
 
-class NumbaCpuExecutable:
+class NumbaCpuExecutable(Executable):
     """A graph compiled to a generated driver plus Numba kernels."""
 
     backend = "numba-cpu"
+    #: ``run`` accepts ``out``: caller-owned arrays to write chosen outputs into
+    supports_out = True
 
     def __init__(self, graph: Graph):
         configure_threads()
-        self.graph = graph
+        super().__init__(graph)
         views = {id(o) for n in graph.nodes if n.op in ALIAS_OPS for o in n.outputs}
         self._planned = plan_memory(graph, 1).values
         self.program: Program = generate(graph, self._planned, views)
         self._buffers: dict[int, tuple[MemoryPlan, list[np.ndarray]]] = {}
-        self._labels = _label_inputs(graph)
         self._reported = False
 
     def plan(self, batch: int) -> MemoryPlan:
@@ -83,18 +84,13 @@ class NumbaCpuExecutable:
             self._buffers[batch] = (plan, views)
         return self._buffers[batch]
 
-    #: ``run`` accepts ``out``: caller-owned arrays to write chosen outputs into
-    supports_out = True
-
     def run(
         self, inputs: Mapping[str, np.ndarray], out: Mapping[int, np.ndarray] | None = None
     ) -> list[np.ndarray]:
         """Run the graph; outputs are fresh arrays, except those the caller hands in ``out``
         (output index -> array), which are written in place (a training step updates its
         weights this way instead of copying new ones over them)."""
-        batch = check_inputs(self.graph, inputs)
-        for name, classes in self._labels:
-            check_labels(name, inputs[name], classes)
+        batch = self.check(inputs)
         # np.ascontiguousarray would turn a 0-d array (the step counter) into 1-d
         arrays = [
             a if a.flags.c_contiguous else np.ascontiguousarray(a)
@@ -121,21 +117,3 @@ class NumbaCpuExecutable:
 
     def source(self) -> str:
         return self.program.source()
-
-
-def _label_inputs(graph: Graph) -> list[tuple[str, int]]:
-    """Graph inputs used as cross-entropy labels, with their class counts."""
-    inputs = {id(v): v for v in graph.inputs}
-    found = []
-
-    def scan(nodes):
-        for node in nodes:
-            if node.op in ("cross_entropy", "cross_entropy_backward"):
-                logits, target = node.inputs[-2], node.inputs[-1]
-                if id(target) in inputs:
-                    found.append((target.name, int(logits.shape[1])))
-            if node.region is not None:
-                scan(node.region.nodes)
-
-    scan(graph.nodes)
-    return found

@@ -27,7 +27,6 @@ from typing import Any
 
 from convforge.backends import cache
 from convforge.backends.numba_cuda import kernels
-from convforge.errors import BackendError
 from convforge.ir.graph import Graph, Node, Value
 
 #: the NumPy scalar type a kernel of each IR dtype computes in (``np.float32(0.0)`` types an accumulator)
@@ -140,7 +139,7 @@ class Context:
         """Load (once) the generated module for ``body`` and return its function ``name``."""
         text = HEADER.format(pattern=pattern, family=family, geometry=self.geometry.describe()) + body
         flags = f"numba-cuda;{'sim' if self.simulate else 'gpu'};helpers={_helpers_hash()}"
-        module = cache.load_module(text, prefix=f"cuda_{family}", flags=flags)
+        module = cache.load_module(text, prefix=f"cuda_{family}", flags=flags, target="cuda")
         path = str(module.__file__)
         entry = self.files.setdefault(path, (text, []))
         where = self.node.describe() if self.node is not None else pattern
@@ -179,30 +178,7 @@ def lower(graph: Graph, batch: int, geometry: Geometry, simulate: bool) -> tuple
     table = kernels.load_all()
     ctx = Context(batch, geometry, simulate)
     for node in graph.nodes:
-        fn = table.get(node.op)
-        if fn is None:
-            raise BackendError(f"numba-cuda has no kernel for op {node.op!r} (at {node.describe()})")
+        fn = table.lookup(node)
         ctx.node = node
         fn(ctx, node)
     return Program(batch, ctx.launches, ctx.files), ctx.aliases
-
-
-# -- source snippets shared by the family templates ----------------------------------------
-def block_reduce(accs: list[str], shared: list[str], indent: int) -> str:
-    """Lines summing each ``accs[k]`` over the block into ``shared[k][0]``, then into ``accs[k]``.
-
-    ``shared[k]`` are ``cuda.shared.array(RT, ...)`` arrays and ``t`` the thread index; the
-    closing ``syncthreads`` lets the block reuse the arrays in its next grid-stride turn.
-    """
-    pad = " " * indent
-    lines = [f"{s}[t] = {a}" for a, s in zip(accs, shared)]
-    lines += ["cuda.syncthreads()", "half = RT // 2", "while half > 0:", "    if t < half:"]
-    lines += [f"        {s}[t] += {s}[t + half]" for s in shared]
-    lines += ["    cuda.syncthreads()", "    half //= 2"]
-    lines += [f"{a} = {s}[0]" for a, s in zip(accs, shared)]
-    lines += ["cuda.syncthreads()"]
-    return "\n".join(pad + line for line in lines)
-
-
-def indent(lines: list[str], depth: int) -> str:
-    return "\n".join(" " * depth + line for line in lines)

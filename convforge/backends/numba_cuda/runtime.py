@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from convforge.backends.base import check_inputs, check_labels
+from convforge.backends.base import Executable, HostState, check_inputs, check_labels
 from convforge.backends.numba_cuda.codegen import GPU, SIMULATOR, Program, View, lower
 from convforge.errors import BackendError, ConvforgeError, ShapeError
 from convforge.ir.graph import Graph, Value
@@ -89,25 +89,32 @@ def is_device_array(x: Any) -> bool:
     )
 
 
-class NumbaCudaExecutable:
+class NumbaCudaExecutable(Executable):
     """A graph compiled to generated ``@cuda.jit`` kernels with device-resident buffers.
 
     ``run({name: array})`` takes NumPy arrays (or device arrays, see the package
     docstring) and returns NumPy arrays (device arrays if any input was one);
-    ``run_device`` keeps everything on the device for resident training loops.
+    ``run_device`` keeps everything on the device for resident training loops, and
+    ``step`` is that loop over a :class:`~convforge.backends.base.HostState`.
     """
 
     backend = "numba-cuda"
+    #: weights and optimizer state stay in device buffers between training steps
+    device_resident = True
 
     def __init__(self, graph: Graph):
-        self.graph = graph
+        super().__init__(graph)
         self._cuda, self.simulate = load_cuda()
         self._geometry = SIMULATOR if self.simulate else GPU
         self._bound: dict[int, _Bound] = {}
         self._static_inputs: dict[str, Any] = {}
         self._loaded: set[str] = set()
         self._last_batch: int | None = None
-        self._labels = _label_inputs(graph)
+        # the host state whose values the resident buffers hold, at which version of it,
+        # and which inputs the last step fed back (newer on the device than on the host)
+        self._state: HostState | None = None
+        self._state_version = -1
+        self._fed_back: tuple[str, ...] = ()
         self._probe, _ = lower(graph, _PROBE_BATCH, self._geometry, self.simulate)
 
     # -- public API ------------------------------------------------------------------------
@@ -149,6 +156,41 @@ class NumbaCudaExecutable:
         wanted = range(len(self.graph.outputs)) if fetch is None else list(fetch)
         return bound.fetch_device(wanted)
 
+    def step(
+        self,
+        inputs: Mapping[str, Any],
+        state: HostState,
+        feedback: Mapping[int, str],
+        fetch: Sequence[int] = (0,),
+    ) -> list[np.ndarray]:
+        """One training step that leaves the state on the device (see :meth:`Executable.step`).
+
+        Only ``inputs`` (what changes per batch) are copied in, unless the resident buffers
+        do not hold ``state``'s current values (first step, or the host arrays changed, or
+        another executable held newer ones): then every state array is copied in too. The
+        updated state stays on the device, this executable becomes ``state.holder``, and
+        :meth:`write_back` (through ``state.sync()``) brings the host arrays up to date.
+        """
+        if state.holder is not self:
+            state.sync()
+        stale = self._state is not state or self._state_version != state.version
+        given = self.with_state(inputs, state) if stale else dict(inputs)
+        outputs = self.run_device(given, fetch=list(fetch), feedback=feedback)
+        self._state, self._state_version = state, state.version
+        if feedback:
+            self._fed_back = tuple(dict.fromkeys(feedback.values()))
+            state.holder = self
+        return [np.asarray(out.copy_to_host()) for out in outputs]
+
+    def write_back(self, state: HostState) -> None:
+        """Copy the state the last step fed back on the device into ``state.arrays``."""
+        if self._state is not state:
+            return
+        for name in self._fed_back:
+            np.copyto(state.arrays[name], self.read_input(name))
+        # host and device agree again: other resident copies are stale, this one is not
+        self._state_version = state.changed()
+
     def source(self) -> str:
         """Every generated kernel file this graph launches, each naming the IR it implements."""
         return (
@@ -178,7 +220,7 @@ class NumbaCudaExecutable:
                 shape = v.type.concrete(self._given_batch(inputs))
                 stand_ins[v.name] = _zero_strided(v.type.np_dtype, shape)
         batch = check_inputs(self.graph, stand_ins)
-        for name, classes in self._labels:
+        for name, classes in self.labels:
             if name in inputs:
                 arr = inputs[name]
                 host = arr.copy_to_host() if is_device_array(arr) else np.asarray(arr)
@@ -345,19 +387,3 @@ def _as_numba(cuda: ModuleType, arr: Any) -> Any:
     if hasattr(arr, "copy_to_device"):
         return arr
     return cuda.as_cuda_array(arr)
-
-
-def _label_inputs(graph: Graph) -> list[tuple[str, int]]:
-    """Graph inputs that kernels use as class indices, with the number of classes."""
-    inputs = {id(v): v for v in graph.inputs}
-    found: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "cross_entropy":
-            logits, target = node.inputs[0], node.inputs[1]
-        elif node.op == "cross_entropy_backward":
-            logits, target = node.inputs[1], node.inputs[2]
-        else:
-            continue
-        if id(target) in inputs:
-            found[target.name] = int(logits.shape[1])
-    return sorted(found.items())

@@ -6,17 +6,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from convforge.backends.base import check_inputs
-from convforge.errors import ConvforgeError
-from convforge.ir.graph import Graph, wrap_error
+from convforge.backends.base import Executable
+from convforge.errors import ConvforgeError, wrap_error
+from convforge.ir.graph import Graph
+from convforge.ir.ops import registry
 
 
 def run_graph(
     graph: Graph, inputs: Mapping[str, np.ndarray], *, trace: dict | None = None
 ) -> list[np.ndarray]:
-    """Evaluate ``graph`` on named inputs; ``trace`` (if given) receives every value by name."""
-    from convforge.ir.ops import registry
-
+    """Evaluate ``graph`` on named inputs; ``trace`` (if given) receives every value by name.
+    A region op's node (``fusion``) runs its region."""
     env: dict[int, np.ndarray] = {}
     for v in graph.inputs:
         if v.name not in inputs:
@@ -25,13 +25,14 @@ def run_graph(
     for node in graph.nodes:
         args = [env[id(v)] for v in node.inputs]
         try:
-            if node.op == "fusion":
+            op = registry.get(node.op)
+            if op.region:
                 assert node.region is not None
                 results: Sequence[np.ndarray] = run_graph(
                     node.region, {v.name: a for v, a in zip(node.region.inputs, args)}
                 )
             else:
-                results = registry.get(node.op).run_reference(args, node.attrs)
+                results = op.run_reference(args, node.attrs)
         except ConvforgeError as exc:
             raise wrap_error(exc, f"while executing {node.describe()}") from None
         for out, arr in zip(node.outputs, results):
@@ -44,16 +45,13 @@ def run_graph(
     return [env[id(v)] for v in graph.outputs]
 
 
-class ReferenceExecutable:
+class ReferenceExecutable(Executable):
     """A graph bound to the reference interpreter."""
 
     backend = "reference"
 
-    def __init__(self, graph: Graph):
-        self.graph = graph
-
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        check_inputs(self.graph, inputs)
+        self.check(inputs)
         return run_graph(self.graph, inputs)
 
     def source(self) -> str:

@@ -4,12 +4,13 @@ from convforge.ir.ops import (  # noqa: F401  (each import registers its family'
     activation,
     conv,
     elementwise,
-    fused,
+    fusion,
     linear,
     loss,
     norm,
     optim,
     pool,
+    resize,
     shape,
 )
 from convforge.ir.ops.registry import FusionKind, Op, all_ops, get

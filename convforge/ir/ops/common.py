@@ -33,21 +33,35 @@ def expect_same_shape(a: TensorType, b: TensorType, what: str = "inputs") -> Non
         raise ShapeError(f"expected {what} of the same shape, got {a} and {b}")
 
 
-def int_tuple(name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...]:
-    """``value`` as ``n`` ints >= ``minimum`` (an int is repeated); names ``name`` on error."""
+def int_tuple(
+    name: str,
+    value: Any,
+    n: int,
+    *,
+    minimum: int | None = 1,
+    bound: str | None = None,
+    where: str | None = None,
+) -> tuple[int, ...]:
+    """``value`` as ``n`` ints >= ``minimum`` (an int is repeated; ``minimum=None``: any ints).
+
+    The one validator of integer tuples (ops' attribute checks, layers, ``functional``). The
+    error names ``name``, prefixed by ``where`` (a layer or op) if given; ``bound`` words the
+    lower bound in it (``"positive"``), ``">= minimum"`` by default.
+    """
+    prefix = f"{where}: " if where else ""
     if isinstance(value, bool):
-        raise AttributeValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+        raise AttributeValueError(f"{prefix}{name} must be an int or a tuple of {n} ints, got {value!r}")
     if isinstance(value, int):
         items: tuple = (value,) * n
     elif isinstance(value, (tuple, list)) and len(value) == n:
         items = tuple(value)
     else:
-        raise AttributeValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+        raise AttributeValueError(f"{prefix}{name} must be an int or a tuple of {n} ints, got {value!r}")
     for v in items:
         if isinstance(v, bool) or not isinstance(v, int):
-            raise AttributeValueError(f"{name} must be ints, got {value!r}")
-        if v < minimum:
-            raise AttributeValueError(f"{name} must be >= {minimum}, got {value!r}")
+            raise AttributeValueError(f"{prefix}{name} must be ints, got {value!r}")
+        if minimum is not None and v < minimum:
+            raise AttributeValueError(f"{prefix}{name} must be {bound or f'>= {minimum}'}, got {value!r}")
     return tuple(int(v) for v in items)
 
 

@@ -1,4 +1,5 @@
-"""Convolutions: conv2d, conv1d and their backward ops (input and weight gradients).
+"""Convolutions: conv2d, conv1d, their backward ops (input and weight gradients), and
+conv_transpose2d (the transposed convolution, conv2d's input gradient with a bias).
 
 "Convolution" here is cross-correlation, as in PyTorch: ``y[o, p] = sum_t w[o, t] x[p + t]``
 with no kernel flip. Layout is NCHW (NCL in 1-D); the output size is floored as PyTorch
@@ -347,3 +348,89 @@ def _declare(nd: int) -> tuple[Op, Op, Op]:
 
 conv2d, conv2d_backward_input, conv2d_backward_weight = _declare(2)
 conv1d, conv1d_backward_input, conv1d_backward_weight = _declare(1)
+
+
+# -- conv_transpose2d -------------------------------------------------------------------------
+_TRANSPOSE_ATTRS = {
+    "stride": (1, 1),
+    "padding": (0, 0),
+    "output_padding": (0, 0),
+    "dilation": (1, 1),
+    "groups": 1,
+}
+
+
+def transpose_output_size(
+    size: Sequence[Dim], kernel: Sequence[int], stride, padding, output_padding, dilation
+) -> tuple[int, ...]:
+    """PyTorch's ``(in - 1) * stride - pad_lo - pad_hi + dilation * (k - 1) + output_padding + 1``."""
+    out = []
+    for i, (n, (lo, hi)) in enumerate(zip(size, pad_pairs(padding, 2))):
+        n = _static(n, f"input {_SPATIAL_NAMES[2][i]}")
+        o = (n - 1) * stride[i] - lo - hi + dilation[i] * (kernel[i] - 1) + output_padding[i] + 1
+        if o < 1:
+            raise ShapeError(
+                f"output {_SPATIAL_NAMES[2][i]} of the transposed convolution must be >= 1, got {o} "
+                f"(input {n}, kernel {kernel[i]}, stride {stride[i]}, padding ({lo}, {hi}), "
+                f"dilation {dilation[i]}, output_padding {output_padding[i]})"
+            )
+        out.append(o)
+    return tuple(out)
+
+
+conv_transpose2d = Op(
+    "conv_transpose2d", attrs=_TRANSPOSE_ATTRS,
+    doc="transposed 2-D convolution x[N,Cin,H,W] * w[Cin,Cout/g,kh,kw] (+ b[Cout]): conv2d's input gradient",
+)  # fmt: skip
+
+
+@conv_transpose2d.check
+def _(stride, padding, output_padding, dilation, groups):
+    out = _checker(2)(stride, padding, dilation, groups)
+    out["output_padding"] = int_tuple("output_padding", output_padding, 2, minimum=0)
+    for op, s in zip(out["output_padding"], out["stride"]):
+        if op >= s:
+            raise AttributeValueError(
+                f"output_padding must be smaller than stride, got output_padding="
+                f"{list(out['output_padding'])} and stride={list(out['stride'])}"
+            )
+    return out
+
+
+@conv_transpose2d.shape
+def _(x, w, b=None, *, stride, padding, output_padding, dilation, groups):
+    expect_rank(x, 4, "input")
+    expect_float(x, "input")
+    dtype = expect_same_dtype(*(t for t in (x, w, b) if t is not None))
+    in_ch, out_per_group, kernel = _check_weight(w, 2)
+    if in_ch % groups:
+        raise ShapeError(f"groups={groups} must divide the input channels, got weight {w} ({in_ch} in)")
+    if x.shape[1] != in_ch:
+        raise ShapeError(
+            f"expected input with {in_ch} channels (weight {w} is [Cin, Cout/g, kh, kw]), got {x}"
+        )
+    out_ch = out_per_group * groups
+    if b is not None and b.shape != (out_ch,):
+        raise ShapeError(f"expected bias of shape [{out_ch}] (weight {w}, groups={groups}), got {b}")
+    spatial = transpose_output_size(x.shape[2:], kernel, stride, padding, output_padding, dilation)
+    return TensorType(dtype, (x.shape[0], out_ch, *spatial))
+
+
+@conv_transpose2d.reference
+def _(x, w, b=None, *, stride, padding, output_padding, dilation, groups):
+    size = transpose_output_size(x.shape[2:], w.shape[2:], stride, padding, output_padding, dilation)
+    y = conv_backward_input(x, w, stride, padding, dilation, groups, size)
+    return y if b is None else y + b.reshape(-1, 1, 1)
+
+
+@conv_transpose2d.vjp
+def _(g, node, gy):
+    # y = conv2d_backward_input(x, w): its adjoint in x is the convolution, in w the conv's
+    # weight gradient with the roles of input (gy) and output gradient (x) swapped
+    x, w = node.inputs[0], node.inputs[1]
+    conv = {k: node.attrs[k] for k in ("stride", "padding", "dilation", "groups")}
+    gx = g.call("conv2d", gy, w, **conv)
+    gw = g.call("conv2d_backward_weight", gy, x, kernel_size=tuple(w.shape[2:]), **conv)
+    if len(node.inputs) == 2:
+        return gx, gw
+    return gx, gw, g.call("reduce_sum", gy, dims=(0, 2, 3))

@@ -33,6 +33,7 @@ cross_entropy = Op(
     "cross_entropy",
     fusion=FusionKind.REDUCE,
     attrs={"reduction": "mean"},
+    labels={1: 0},  # target indexes the classes of logits
     doc="mean over the batch of -log softmax(logits)[target]",
 )
 cross_entropy.check(_check_reduction)
@@ -71,7 +72,9 @@ def _(g, node, gy):
     return (g.call("cross_entropy_backward", gy, logits, target, **node.attrs), None)
 
 
-cross_entropy_backward = Op("cross_entropy_backward", fusion=FusionKind.REDUCE, attrs={"reduction": "mean"})
+cross_entropy_backward = Op(
+    "cross_entropy_backward", fusion=FusionKind.REDUCE, attrs={"reduction": "mean"}, labels={2: 1}
+)
 cross_entropy_backward.check(_check_reduction)
 
 

@@ -85,6 +85,7 @@ adam_update = Op(
     "adam_update",
     fusion=FusionKind.OPAQUE,
     outputs=("", "exp_avg", "exp_avg_sq"),
+    positive=(3,),  # exp_avg_sq
     attrs={"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
 )
 

@@ -1,7 +1,8 @@
-"""Pooling: max_pool2d, avg_pool2d, adaptive_avg_pool2d and their backward ops.
+"""Pooling: max_pool2d, avg_pool2d, adaptive_avg_pool2d, their backward ops, and the max-pool argmax pair.
 
 Semantics are PyTorch's (NCHW): ``stride`` defaults to ``kernel_size``; padding is
-symmetric and at most half the kernel; output sizes are floored, or ceiled with
+``(ph, pw)``, or ``(top, left, bottom, right)`` when the sides differ (ONNX's ``pads``), at
+most half the kernel on each side; output sizes are floored, or ceiled with
 ``ceil_mode`` under PyTorch's rule that the last window starts inside the input or the
 left padding (``common.window_out``). Max pooling pads with -inf and picks the first
 maximum in row-major window order (a NaN wins, as on PyTorch's CPU); its backward
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convforge.errors import AttributeValueError, ShapeError
+from convforge.errors import AttributeValueError, DTypeError, ShapeError
 from convforge.ir.ops.common import expect_float, expect_rank, int_tuple, window_out
 from convforge.ir.ops.registry import FusionKind, Op
 from convforge.ir.types import TensorType
@@ -39,13 +40,17 @@ def _check_window(kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False
         raise AttributeValueError("kernel_size is required, got None")
     kernel = int_tuple("kernel_size", kernel_size, 2)
     strides = kernel if stride is None else int_tuple("stride", stride, 2)
-    pads = int_tuple("padding", padding, 2, minimum=0)
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        pads = int_tuple("padding", padding, 4, minimum=0)
+        pads = pads[:2] if pads[:2] == pads[2:] else pads
+    else:
+        pads = int_tuple("padding", padding, 2, minimum=0)
     dil = int_tuple("dilation", dilation, 2)
-    for p, k in zip(pads, kernel):
+    for p, k in zip(pads, kernel * 2):
         if p > k // 2:
             raise AttributeValueError(
                 f"padding must be at most half the kernel size, got padding={list(pads)} "
-                f"for kernel_size={list(kernel)} (at most {[k // 2 for k in kernel]})"
+                f"for kernel_size={list(kernel)} (at most {[k // 2 for k in kernel]} on each side)"
             )
     if not isinstance(ceil_mode, (bool, np.bool_)):
         raise AttributeValueError(f"ceil_mode must be a bool, got {ceil_mode!r}")
@@ -56,6 +61,16 @@ def _check_window(kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False
         "dilation": dil,
         "ceil_mode": bool(ceil_mode),
     }
+
+
+def pads_lo(padding) -> tuple[int, int]:
+    """The top and left padding of a pooling window (``padding`` has 2 or 4 numbers)."""
+    return tuple(padding[:2])  # type: ignore[return-value]
+
+
+def pads_hi(padding) -> tuple[int, int]:
+    """The bottom and right padding of a pooling window."""
+    return tuple(padding[2:]) if len(padding) == 4 else tuple(padding)  # type: ignore[return-value]
 
 
 def _check_size(name: str, value) -> tuple[int, int]:
@@ -72,7 +87,7 @@ def _pooled_hw(
     out = []
     for axis, name in ((0, "height"), (1, "width")):
         n = window_out(
-            x.shape[2 + axis], kernel_size[axis], stride[axis], padding[axis], padding[axis],
+            x.shape[2 + axis], kernel_size[axis], stride[axis], padding[axis], pads_hi(padding)[axis],
             dilation[axis], ceil_mode, what=f"input {name}",
         )  # fmt: skip
         if n < 1:
@@ -95,7 +110,7 @@ def _padded(x: np.ndarray, out_hw, kernel, stride, padding, dilation, fill) -> n
     n, c, h, w = x.shape
     need = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip(out_hw, stride, dilation, kernel)]
     xp = np.full((n, c, need[0], need[1]), fill, dtype=x.dtype)
-    ph, pw = padding
+    ph, pw = pads_lo(padding)
     # ceil_mode may read past the right padding; floor mode may not reach the right edge
     hh, ww = min(h, need[0] - ph), min(w, need[1] - pw)
     xp[:, :, ph : ph + hh, pw : pw + ww] = x[:, :, :hh, :ww]
@@ -130,10 +145,12 @@ def _max_argmax(x, kernel_size, stride, padding, dilation, ceil_mode):
     return best, arg, out_hw, xp.shape
 
 
-def _divisor(size: int, out: int, kernel: int, stride: int, pad: int, count_include_pad: bool) -> np.ndarray:
+def _divisor(
+    size: int, out: int, kernel: int, stride: int, pad: int, pad_hi: int, count_include_pad: bool
+) -> np.ndarray:
     """Per-output-position window length along one axis (PyTorch's avg_pool2d rule)."""
     start = np.arange(out) * stride - pad
-    end = np.minimum(start + kernel, size + pad)
+    end = np.minimum(start + kernel, size + pad_hi)
     if count_include_pad:
         return end - start
     return np.minimum(end, size) - np.maximum(start, 0)
@@ -142,8 +159,9 @@ def _divisor(size: int, out: int, kernel: int, stride: int, pad: int, count_incl
 def _avg_divisor(x_hw, out_hw, kernel_size, stride, padding, count_include_pad, divisor_override, dtype):
     if divisor_override is not None:
         return dtype.type(divisor_override)
-    dh = _divisor(x_hw[0], out_hw[0], kernel_size[0], stride[0], padding[0], count_include_pad)
-    dw = _divisor(x_hw[1], out_hw[1], kernel_size[1], stride[1], padding[1], count_include_pad)
+    hi = pads_hi(padding)
+    dh = _divisor(x_hw[0], out_hw[0], kernel_size[0], stride[0], padding[0], hi[0], count_include_pad)
+    dw = _divisor(x_hw[1], out_hw[1], kernel_size[1], stride[1], padding[1], hi[1], count_include_pad)
     return np.outer(dh, dw).astype(dtype)
 
 
@@ -208,7 +226,7 @@ def _(gy, x, kernel_size, stride, padding, dilation, ceil_mode):
 
 def _crop(gxp: np.ndarray, shape, padding) -> np.ndarray:
     n, c, h, w = shape
-    ph, pw = padding
+    ph, pw = pads_lo(padding)
     gx = np.zeros(shape, dtype=gxp.dtype)
     hh, ww = min(h, gxp.shape[2] - ph), min(w, gxp.shape[3] - pw)
     gx[:, :, :hh, :ww] = gxp[:, :, ph : ph + hh, pw : pw + ww]
@@ -375,3 +393,78 @@ def _(gy, output_size, input_size):
     for i, (s, e) in enumerate(zip(hs, he)):
         gx[:, :, s:e, :] += cols[:, :, i : i + 1, :] / gy.dtype.type(e - s)
     return gx
+
+
+# -- the argmax pair the fuse pass uses in training ---------------------------------------------
+#: an argmax byte numbers the window taps
+MAX_ARGMAX_TAPS = 256
+
+
+def _check_argmax_window(kernel_size, stride, padding, dilation, ceil_mode) -> dict:
+    out = _check_window(kernel_size, stride, padding, dilation, ceil_mode)
+    kh, kw = out["kernel_size"]
+    if kh * kw > MAX_ARGMAX_TAPS:
+        raise AttributeValueError(
+            f"an argmax byte holds at most {MAX_ARGMAX_TAPS} window taps, got kernel_size={[kh, kw]}"
+        )
+    return out
+
+
+# -- max_pool2d_argmax ------------------------------------------------------------------------
+max_pool2d_argmax = Op(
+    "max_pool2d_argmax", fusion=FusionKind.POOL, outputs=("", "argmax"), attrs=_MAX_ATTRS,
+    doc="max over each window, and the window tap i*kw+j of its first maximum as u8",
+)  # fmt: skip
+max_pool2d_argmax.check(_check_argmax_window)
+
+
+@max_pool2d_argmax.shape
+def _(x, **attrs):
+    y = x.with_shape(x.shape[:2] + _pooled_hw(x, **attrs))
+    return y, y.with_dtype("u8")
+
+
+@max_pool2d_argmax.reference
+def _(x, **attrs):
+    best, arg, _, _ = _max_argmax(x, **attrs)
+    return best, arg.astype(np.uint8)
+
+
+# -- max_pool2d_backward_argmax -------------------------------------------------------------------
+max_pool2d_backward_argmax = Op(
+    "max_pool2d_backward_argmax", attrs={**_MAX_ATTRS, "input_size": None},
+    doc="gy routed to the window taps stored by max_pool2d_argmax",
+)  # fmt: skip
+
+
+@max_pool2d_backward_argmax.check
+def _(input_size, **attrs):
+    return {**_check_argmax_window(**attrs), "input_size": _check_size("input_size", input_size)}
+
+
+@max_pool2d_backward_argmax.shape
+def _(gy, argmax, input_size, **attrs):
+    if argmax.dtype != "u8":
+        raise DTypeError(f"expected argmax of dtype u8, got {argmax}")
+    if gy.shape != argmax.shape:
+        raise ShapeError(f"expected gradient and argmax of one shape, got {gy} and {argmax}")
+    x = gy.with_shape(gy.shape[:2] + tuple(input_size))
+    want = x.shape[:2] + _pooled_hw(x, **attrs)
+    if tuple(gy.shape) != tuple(want):
+        raise ShapeError(f"expected gradient of shape [{','.join(map(str, want))}], got {gy}")
+    return x
+
+
+@max_pool2d_backward_argmax.reference
+def _(gy, argmax, kernel_size, stride, padding, dilation, ceil_mode, input_size):
+    out_hw = gy.shape[2:]
+    need = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip(out_hw, stride, dilation, kernel_size)]
+    gxp = np.zeros(
+        gy.shape[:2] + (max(need[0], input_size[0] + padding[0]), max(need[1], input_size[1] + padding[1])),
+        dtype=gy.dtype,
+    )
+    kh, kw = kernel_size
+    for i in range(kh):
+        for j in range(kw):
+            gxp[_tap(gxp, i, j, out_hw, stride, dilation)] += np.where(argmax == i * kw + j, gy, 0)
+    return _crop(gxp, gy.shape[:2] + tuple(input_size), padding)

@@ -22,12 +22,20 @@ Backends say how to *run* it, in files that mirror the family files.
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from convforge.errors import AttributeValueError, ConvforgeError, UnknownOpError
+from convforge.errors import (
+    AttributeValueError,
+    ConvforgeError,
+    UnknownOpError,
+    VerificationError,
+    wrap_error,
+)
+from convforge.ir.attrs import Attrs
 from convforge.ir.types import TensorType
 
 
@@ -49,7 +57,27 @@ VjpFn = Callable[..., "Sequence[Any]"]
 
 
 class Op:
-    """Everything an op means: attributes, shape/dtype rule, NumPy reference, VJP."""
+    """Everything an op means: attributes, shape/dtype rule, NumPy reference, VJP, and the
+    facts passes and backends ask about it.
+
+    Facts (keyword arguments):
+
+    * ``fusion``: the :class:`FusionKind` the fuse pass reads.
+    * ``scalar``: for an elementwise op, its value as a Python scalar expression that Numba
+      CPU and Numba CUDA both compile: ``{x}`` is the input, ``{name}`` an attribute
+      (``"max({x}, 0.0)"``). For an activation's backward op, an expression of the incoming
+      gradient ``{g}`` and the saved forward value ``{s}``. Backends build their epilogue
+      and activation-gradient code from these (``convforge.ir.scalar``).
+    * ``backward``: the name of the op the VJP emits, ``backward(gy, saved, **attrs)``;
+      ``saves``: which forward value it reads, ``"output"`` or ``"input"``.
+    * ``monotone``: non-decreasing, so its derivative at a max-pool window's maximum is a
+      function of the pooled output (the fuse pass's argmax rewrite relies on it).
+    * ``labels``: ``{input index of class labels: input index of the logits}``; the labels
+      must lie in ``[0, logits.shape[1])`` and are checked before any kernel.
+    * ``positive``: input indices that must be positive (a variance): what a test feeds them.
+    * ``region``: the node holds a region graph (``fusion``); its types come from it. Its
+      attributes are free-form notes about the region (declared ones still get defaults).
+    """
 
     def __init__(
         self,
@@ -59,7 +87,16 @@ class Op:
         outputs: Sequence[str] = ("",),
         attrs: Mapping[str, Any] | None = None,
         doc: str = "",
+        scalar: str | None = None,
+        backward: str | None = None,
+        saves: str = "output",
+        monotone: bool = False,
+        labels: Mapping[int, int] | None = None,
+        positive: Sequence[int] = (),
+        region: bool = False,
     ):
+        if saves not in ("output", "input"):
+            raise ValueError(f"op {name}: saves must be 'output' or 'input', got {saves!r}")
         self.name = name
         self.fusion = fusion
         #: names of extra outputs: output i > 0 of node %3 is called %3.<outputs[i]>
@@ -67,6 +104,16 @@ class Op:
         #: attribute defaults; an attribute not listed here is rejected
         self.defaults = dict(attrs or {})
         self.doc = doc
+        self.scalar = scalar
+        self.backward = backward
+        self.saves = saves
+        self.monotone = monotone
+        self.labels: dict[int, int] = dict(labels or {})
+        self.positive = tuple(positive)
+        self.region = region
+        #: the family file that declares the op (``conv`` for ``ir/ops/conv.py``); backends
+        #: lower it in their mirrored ``kernels/<family>.py``
+        self.family = sys._getframe(1).f_globals.get("__name__", "").rpartition(".")[2]
         self._shape: ShapeFn | None = None
         self._reference: ReferenceFn | None = None
         self._vjp: VjpFn | None = None
@@ -97,14 +144,12 @@ class Op:
     # -- use ---------------------------------------------------------------------------
     @property
     def has_vjp(self) -> bool:
-        return self._vjp is not None
+        return self._vjp is not None or self.backward is not None
 
     def normalize(self, attrs: Mapping[str, Any], where: str | None = None):
-        """Fill defaults, reject unknown attributes, run the op's check."""
-        from convforge.ir.graph import Attrs, wrap_error
-
+        """Fill defaults, reject unknown attributes (a region op takes any), run the op's check."""
         where = where or self.name
-        unknown = sorted(set(attrs) - set(self.defaults))
+        unknown = [] if self.region else sorted(set(attrs) - set(self.defaults))
         if unknown:
             raise AttributeValueError(
                 f"{where}: unknown attribute(s) {', '.join(unknown)}; "
@@ -121,8 +166,6 @@ class Op:
         return Attrs(full)
 
     def infer_types(self, inputs: Sequence[TensorType], attrs: Mapping[str, Any], where: str | None = None):
-        from convforge.ir.graph import wrap_error
-
         if self._shape is None:
             raise UnknownOpError(f"op {self.name} has no shape rule")
         try:
@@ -136,6 +179,21 @@ class Op:
             ) from None
         return tuple(out) if isinstance(out, tuple) else (out,)
 
+    def result_types(
+        self,
+        inputs: Sequence[TensorType],
+        attrs: Mapping[str, Any],
+        region: Any = None,
+        where: str | None = None,
+    ) -> tuple[TensorType, ...]:
+        """The output types of a node of this op: a region op's are its region's output types,
+        any other op's come from its shape rule."""
+        if not self.region:
+            return self.infer_types(inputs, attrs, where)
+        if region is None:
+            raise VerificationError(f"{where or self.name}: {self.name} node without a region")
+        return tuple(v.type for v in region.outputs)
+
     def run_reference(self, inputs: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
         if self._reference is None:
             raise UnknownOpError(f"op {self.name} has no NumPy reference")
@@ -143,6 +201,10 @@ class Op:
         return tuple(out) if isinstance(out, tuple) else (out,)
 
     def run_vjp(self, graph: Any, node: Any, grads: Sequence[Any]) -> tuple[Any, ...]:
+        if self._vjp is None and self.backward is not None:
+            # the declared backward op: backward(gy, saved, **attrs)
+            saved = node.output if self.saves == "output" else node.inputs[0]
+            return (graph.call(self.backward, grads[0], saved, **node.attrs),)
         if self._vjp is None:
             raise UnknownOpError(f"op {self.name} has no gradient rule (at {node.describe()})")
         return tuple(self._vjp(graph, node, *grads))
@@ -160,9 +222,12 @@ def register(op: Op) -> None:
     _OPS[op.name] = op
 
 
+# Importing this module runs ``convforge/ir/ops/__init__.py`` first, which imports every
+# family file; so by the time ``get`` or ``all_ops`` can be called, every op is registered.
+
+
 def get(name: str) -> Op:
     """The op called ``name``; raises UnknownOpError naming the known ops otherwise."""
-    _load_families()
     try:
         return _OPS[name]
     except KeyError:
@@ -170,9 +235,4 @@ def get(name: str) -> Op:
 
 
 def all_ops() -> dict[str, Op]:
-    _load_families()
     return dict(_OPS)
-
-
-def _load_families() -> None:
-    import convforge.ir.ops  # noqa: F401  (imports every family file, which registers its ops)

@@ -50,12 +50,12 @@ def test_backward_region_replaces_the_conv_gradients():
     from convforge.models import lenet5
 
     step = cf.compile_train(lenet5(), (None, 1, 28, 28), optimizer=optim.SGD(lr=0.1), backend="numba-cpu")
-    regions = [[n.op for n in node.region.nodes] for node in step.graph().nodes if node.op == "fusion"]
+    regions = [[n.op for n in node.region.nodes] for node in step.graph.nodes if node.op == "fusion"]
     tail = ["relu_backward", "max_pool2d_backward_argmax", "conv2d_backward_weight", "reduce_sum"]
     # conv2 also needs its input gradient; conv1's input is the data
     assert [*tail, "conv2d_backward_input"] in regions
     assert tail in regions
-    assert not any(n.op in ("conv2d_backward_weight", "conv2d_backward_input") for n in step.graph().nodes)
+    assert not any(n.op in ("conv2d_backward_weight", "conv2d_backward_input") for n in step.graph.nodes)
 
 
 @pytest.mark.parametrize("name", list(BACKWARD_CASES))
@@ -63,7 +63,9 @@ def test_fused_backward_matches_reference(name):
     case = BACKWARD_CASES[name]
     step, ref = _pair(_conv_pool(case), (2, 11, 10))
     fused = [
-        n for n in step.graph("grad").nodes if n.op == "fusion" and n.region.nodes[-1].op.startswith("conv")
+        n
+        for n in step.graph_for("grad").nodes
+        if n.op == "fusion" and n.region.nodes[-1].op.startswith("conv")
     ]
     assert fused, "the conv gradients were not fused"
     x = np.random.default_rng(1).standard_normal((3, 2, 11, 10))
@@ -148,10 +150,12 @@ def test_pool_backward_alone_when_the_conv_gradients_stay_apart(monkeypatch):
     """Without ``conv_backward`` the act + pool backward pair is its own kernel."""
     from convforge.backends import numba_cpu
 
-    monkeypatch.setattr(numba_cpu, "PIPELINE_TRAINING", "fuse{training=true},dce")
+    monkeypatch.setattr(numba_cpu.BACKEND, "training_pipeline", "fuse{training=true},dce")
     case = BACKWARD_CASES["leaky_relu, stride 2, overlapping padded pool"]
     step, ref = _pair(_conv_pool(case), (2, 11, 10))
-    regions = [[n.op for n in node.region.nodes] for node in step.graph("grad").nodes if node.op == "fusion"]
+    regions = [
+        [n.op for n in node.region.nodes] for node in step.graph_for("grad").nodes if node.op == "fusion"
+    ]
     assert ["leaky_relu_backward", "max_pool2d_backward_argmax"] in regions
     x = np.random.default_rng(4).standard_normal((3, 2, 11, 10))
     _, grads = step.gradients(x, np.array([1, 0, 2]))

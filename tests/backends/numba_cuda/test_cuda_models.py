@@ -103,7 +103,7 @@ def _assert_same_gradients(model, x, y, **kw):
 def test_training_gradients_match_reference(rng):
     x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
     step = _assert_same_gradients(_small_cnn(), x, np.array([1, 3]))
-    ops = [n.op for n in step.graph("grad").nodes]
+    ops = [n.op for n in step.graph_for("grad").nodes]
     assert "fusion" in ops and "max_pool2d" not in ops  # conv -> relu -> pool(argmax) and its backward fused
 
 

@@ -1,4 +1,6 @@
-"""Activation kernels: elementwise ones generated from the shared epilogue table, softmax static.
+"""Activation kernels: elementwise ones generated from each op's scalar expression
+(``Op.scalar``), softmax static, and ``act_grad``, the derivative of every monotone
+activation, generated from their backward ops for the fused max-pool backward kernels.
 
 An elementwise kernel is generated per op (not per attribute value): attributes such as
 ``negative_slope`` are runtime arguments, so a new slope compiles nothing.
@@ -7,26 +9,22 @@ An elementwise kernel is generated per op (not per attribute value): attributes 
 from __future__ import annotations
 
 import math
-import string
 
 import numpy as np
 from numba import njit, prange
 
-from convforge.backends import epilogue
+from convforge.backends.numba_cpu.codegen import load_generated
 from convforge.backends.numba_cpu.kernels import lowering
+from convforge.errors import BackendError
+from convforge.ir import scalar
+from convforge.ir.graph import Node
 
 _HEADER = "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n\n"
 
 
-def fields(template: str) -> list[str]:
-    """The attribute placeholders of an epilogue expression (everything but x, g, s, a, b)."""
-    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
-    return sorted({n for n in names if n not in ("x", "g", "s", "a", "b")})
-
-
 def unary_source(op: str) -> tuple[str, list[str]]:
-    params = fields(epilogue.UNARY[op])
-    expr = epilogue.UNARY[op].format(x="v", **{p: f"p_{p}" for p in params})
+    params = scalar.fields(op)
+    expr = scalar.expression(op, x="v", **{p: f"p_{p}" for p in params})
     args = "".join(f", p_{p}" for p in params)
     src = _HEADER + (
         "@njit(cache=True, parallel=True)\n"
@@ -39,8 +37,8 @@ def unary_source(op: str) -> tuple[str, list[str]]:
 
 
 def backward_source(op: str) -> tuple[str, list[str]]:
-    params = fields(epilogue.BACKWARD[op])
-    expr = epilogue.BACKWARD[op].format(g="g", s="s", **{p: f"p_{p}" for p in params})
+    params = scalar.fields(op)
+    expr = scalar.expression(op, g="g", s="s", **{p: f"p_{p}" for p in params})
     args = "".join(f", p_{p}" for p in params)
     src = _HEADER + (
         "@njit(cache=True, parallel=True)\n"
@@ -54,7 +52,7 @@ def backward_source(op: str) -> tuple[str, list[str]]:
 
 
 def _attr_args(node, params: list[str]) -> str:
-    return "".join(f", {float(node.attrs[p])!r}" for p in params)
+    return "".join(f", {scalar.literal(node.attrs[p])}" for p in params)
 
 
 def emit_unary(ctx, node, op: str, x: str, y: str) -> None:
@@ -63,18 +61,60 @@ def emit_unary(ctx, node, op: str, x: str, y: str) -> None:
     ctx.line(f"{k}({x}.reshape(-1), {y}.reshape(-1){_attr_args(node, params)})")
 
 
-@lowering(*(op for op in epilogue.UNARY))
+@lowering(*scalar.ops("unary", family="activation"))
 def _(ctx, node, ins, outs):
     emit_unary(ctx, node, node.op, ins[0], outs[0])
 
 
-@lowering(*(op for op in epilogue.BACKWARD))
+@lowering(*scalar.ops("backward", family="activation"))
 def _(ctx, node, ins, outs):
     src, params = backward_source(node.op)
     k = ctx.generated(("backward", node.op), src, node.op)
     ctx.line(
         f"{k}({ins[0]}.reshape(-1), {ins[1]}.reshape(-1), {outs[0]}.reshape(-1){_attr_args(node, params)})"
     )
+
+
+# -- the derivative of a monotone activation, for the fused max-pool backward --------------
+#: ``act_grad``'s code for "no activation": the gradient passes through
+ACT_NONE = len(scalar.monotone_backward_ops())
+#: the names ``act_grad`` passes an activation's attributes under
+_PARAMS = ("p", "q")
+
+
+def act_grad_source() -> str:
+    """``act_grad(kind, p, q, g, s)``: ``g`` times the derivative of monotone activation number
+    ``kind`` (:func:`act_args`), read off its output ``s``; ``p``, ``q`` are its attributes
+    (``hardtanh``'s min_val and max_val), in the order of ``scalar.fields``."""
+    lines = ["@njit(cache=True)", "def act_grad(kind, p, q, g, s):"]
+    for kind, op in enumerate(scalar.monotone_backward_ops()):
+        fields = scalar.fields(op)
+        if len(fields) > len(_PARAMS):
+            raise BackendError(
+                f"numba-cpu: act_grad passes {len(_PARAMS)} attributes, {op} has {', '.join(fields)}"
+            )
+        expr = scalar.expression(op, g="g", s="s", **dict(zip(fields, _PARAMS)))
+        lines += [f"    if kind == {kind}:  # {op}", f"        return {expr}"]
+    lines.append("    return g")
+    return _HEADER + "\n".join(lines) + "\n"
+
+
+def act_args(node: Node | None) -> tuple[int, float, float]:
+    """``(kind, p, q)`` of an activation backward node for :func:`act_grad` (None: no activation)."""
+    if node is None:
+        return ACT_NONE, 0.0, 0.0
+    values = [float(node.attrs[f]) for f in scalar.fields(node.op)]
+    p, q = (values + [0.0, 0.0])[:2]
+    return scalar.monotone_backward_ops().index(node.op), p, q
+
+
+def act_text(node: Node | None) -> str:
+    """:func:`act_args` as driver source (non-finite attributes included: ``math.inf``)."""
+    kind, p, q = act_args(node)
+    return f"({kind}, {scalar.literal(p)}, {scalar.literal(q)})"
+
+
+act_grad = load_generated(act_grad_source(), "act_grad").act_grad
 
 
 # -- softmax family: x seen as [outer, D, inner], reduced over D ----------------------------

@@ -22,15 +22,14 @@ layer's gradients from the pooled gradient and the one-byte argmax, image by ima
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
-from convforge.backends import epilogue
 from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.blas import copy_run, gemm
-from convforge.backends.numba_cpu.kernels.pool import window
+from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
+from convforge.backends.numba_cpu.kernels.pool import scatter_pooled_grad, window
+from convforge.ir import scalar
 from convforge.ir.graph import Node
 from convforge.ir.ops.conv import pad_pairs
 
@@ -314,54 +313,13 @@ def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw
 
 # -- the fused backward of conv -> activation -> max pool (training) -------------------------
 @njit(cache=True)
-def act_grad(kind, slope, g, s):
-    """g times the derivative of a monotone activation, read off its output s.
-
-    kind: 0 relu, 1 leaky_relu (``slope``), 2 sigmoid, 3 tanh, 4 none.
-    """
-    if kind == 0:
-        return g if s > 0 else 0.0
-    if kind == 1:
-        return g if s > 0 else g * slope
-    if kind == 2:
-        return g * s * (1.0 - s)
-    if kind == 3:
-        return g * (1.0 - s * s)
-    return g
-
-
-@njit(cache=True)
-def scatter_pooled_grad(gp, yp, am, n, kind, slope, pkh, pkw, psh, psw, pph, ppw, ho, wo, rw, gz, gb):
-    """gz[o, iy*rw + ix] = the conv-output gradient of image n, from the pooled gradient.
-
-    Each pooled gradient times the activation's derivative (a function of the pooled
-    output, the activations being monotone) goes to its window's argmax; ``gb`` gathers
-    the bias gradient on the way. ``kind`` as in :func:`act_grad`.
-    """
-    O, hp, wp = gp.shape[1], gp.shape[2], gp.shape[3]
-    gz[:] = 0
-    for o in range(O):
-        acc = 0.0
-        for py in range(hp):
-            for px in range(wp):
-                g = act_grad(kind, slope, gp[n, o, py, px], yp[n, o, py, px])
-                a = np.int64(am[n, o, py, px])
-                iy = py * psh - pph + a // pkw
-                ix = px * psw - ppw + a % pkw
-                if 0 <= iy < ho and 0 <= ix < wo:
-                    gz[o, iy * rw + ix] += g
-                    acc += g
-        gb[o] += acc
-
-
-@njit(cache=True)
 def fused_backward_chunk(gp, yp, am, act, pool, x, w2, geometry, t, chunks, want_gx, part_w, part_b, gx):
     """Images t, t + chunks, ...: weight and bias gradients into the parts, input gradient into gx.
 
-    ``act`` is (kind, slope), ``pool`` (kh, kw, sh, sw, ph, pw) of the pool window and
-    ``geometry`` (kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo) of the convolution.
+    ``act`` is (kind, p, q) as in ``activation.act_grad``, ``pool`` (kh, kw, sh, sw, ph, pw)
+    of the pool window and ``geometry`` (kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo) of the convolution.
     """
-    kind, slope = act
+    kind, p, q = act
     pkh, pkw, psh, psw, pph, ppw = pool
     kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
     N, C = x.shape[0], x.shape[1]
@@ -370,7 +328,7 @@ def fused_backward_chunk(gp, yp, am, act, pool, x, w2, geometry, t, chunks, want
     part_w[:] = 0
     part_b[:] = 0
     for n in range(t, N, chunks):
-        scatter_pooled_grad(gp, yp, am, n, kind, slope, pkh, pkw, psh, psw, pph, ppw, ho, wo, rw, gz, part_b)
+        scatter_pooled_grad(gp, yp, am, n, kind, p, q, pkh, pkw, psh, psw, pph, ppw, ho, wo, rw, gz, part_b)
         weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part_w)
         if want_gx:
             # col is free again: it takes the column gradient W^T @ gz
@@ -412,15 +370,16 @@ def store(r, rw, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp,
 
 
 @njit(cache=True, parallel=True)
-def kernel(x, w, b, bnw, bnb, bnm, bnv, bn_eps, sh, sw, ph, pw, dh, dw, groups, ho, wo,
-           pkh, pkw, psh, psw, pph, ppw, hp, wp, nt, y, am):
+def kernel(x, w, b, {bn_param}conv, pool, nt, y, am):
+    sh, sw, ph, pw, dh, dw, groups, ho, wo = conv
+    pkh, pkw, psh, psw, pph, ppw, hp, wp = pool
     N = x.shape[0]
     O = w.shape[0]
     w2 = w.reshape(O, w.shape[1] * w.shape[2] * w.shape[3])
     kh = w.shape[2]
     kw = w.shape[3]
     want_arg = am.shape[0] == N  # a real argmax buffer (training), not the empty stand-in
-    bn_s, bn_t = bn_scale_shift(bnw, bnb, bnm, bnv, bn_eps, {has_bn})
+{bn_setup}
     chunks = max(1, min(N, nt))
     for t in prange(chunks):
         col, xp, r, rw = scratch_buffers(x.shape[1], O, w2.shape[1], kh, kw, sh, sw, dh, dw, ho, wo, x)
@@ -461,123 +420,6 @@ _STORE_AVG = """\
         avg_pool_plane(r[o], rw, pkh, pkw, psh, psw, hp, wp, y[n, o])"""
 
 
-@njit(cache=True)
-def bn_scale_shift(bnw, bnb, bnm, bnv, eps, has_bn):
-    """Per-channel (scale, shift) of an inference batch norm: y = x * scale + shift."""
-    O = bnw.shape[0] if has_bn else 0
-    s = np.empty(O, dtype=bnw.dtype)
-    t = np.empty(O, dtype=bnw.dtype)
-    for o in range(O):
-        s[o] = bnw[o] / math.sqrt(bnv[o] + eps)
-        t[o] = bnb[o] - bnm[o] * s[o]
-    return s, t
-
-
-@njit(cache=True)
-def max_pool_plane(ro, rw, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, yo, am, n, o, want_arg):
-    """Max-pool one channel of a GEMM output (row pitch ``rw``) into ``yo``; with
-    ``want_arg`` also store each window's first-maximum tap in ``am[n, o]``.
-
-    A separate function rather than inline code in the parallel kernel: Numba compiles it
-    once (cached), and inline it ran 1.7x slower inside the ``prange`` body (measured)."""
-    if pph == 0 and ppw == 0 and (hp - 1) * psh + pkh <= ho and (wp - 1) * psw + pkw <= wo:
-        # am[n, o] exists only when want_arg (otherwise am is an empty stand-in)
-        amo = am[n, o] if want_arg else am.reshape(-1)
-        max_pool_inside(ro, rw, pkh, pkw, psh, psw, hp, wp, yo, amo, want_arg)
-        return
-    for py in range(hp):
-        y0 = py * psh - pph
-        for px in range(wp):
-            x0 = px * psw - ppw
-            best = -np.inf
-            arg = 0
-            for a in range(pkh):
-                yy = y0 + a
-                if 0 <= yy < ho:
-                    for c in range(pkw):
-                        xx = x0 + c
-                        if 0 <= xx < wo:
-                            v = ro[yy * rw + xx]
-                            if v > best or v != v:  # NaN wins, as in PyTorch
-                                best = v
-                                arg = a * pkw + c
-            yo[py * wp + px] = best
-            if want_arg:
-                am[n, o, py * wp + px] = arg
-
-
-# Windows that lie inside the plane (no padding, no ceil-mode overhang) need no bounds
-# checks, and the comparisons are written as selects, not branches. 2x2 windows (LeNet's)
-# are unrolled and compared as a tree (row by row, then the two row winners), which keeps
-# PyTorch's rule: the first maximum in row-major order, a NaN wins (the last one). At
-# batch 64 this took LeNet's conv1 pool + argmax from 0.40 to 0.19 ms.
-
-
-@njit(cache=True)
-def _pick(v, best):
-    """Whether ``v`` replaces ``best`` in a row-major scan: larger, or NaN."""
-    return (v > best) | (v != v)
-
-
-@njit(cache=True)
-def max_pool_inside(ro, rw, pkh, pkw, psh, psw, hp, wp, yo, amo, want_arg):
-    """:func:`max_pool_plane` without padding or overhang; ``amo`` takes the first-maximum
-    tap of each window when ``want_arg``."""
-    for py in range(hp):
-        row = py * psh * rw
-        out = py * wp
-        for px in range(wp):
-            i = row + px * psw
-            if pkh == 2 and pkw == 2:
-                a0, a1 = ro[i], ro[i + 1]
-                b0, b1 = ro[i + rw], ro[i + rw + 1]
-                t0 = _pick(a1, a0)
-                t1 = _pick(b1, b0)
-                m0 = a1 if t0 else a0
-                m1 = b1 if t1 else b0
-                t = _pick(m1, m0)
-                best = m1 if t else m0
-                arg = (3 if t1 else 2) if t else (1 if t0 else 0)
-            else:
-                best = ro[i]
-                arg = 0
-                for a in range(pkh):
-                    for c in range(pkw):
-                        v = ro[i + a * rw + c]
-                        t = _pick(v, best)
-                        best = v if t else best
-                        arg = a * pkw + c if t else arg
-            yo[out + px] = best
-            if want_arg:
-                amo[out + px] = arg
-
-
-@njit(cache=True)
-def avg_pool_plane(ro, rw, pkh, pkw, psh, psw, hp, wp, yo):
-    """Average-pool one channel (no padding: the fuse pass only fuses such pools)."""
-    inv = 1.0 / (pkh * pkw)
-    for py in range(hp):
-        for px in range(wp):
-            acc = 0.0
-            for a in range(pkh):
-                base = (py * psh + a) * rw + px * psw
-                for c in range(pkw):
-                    acc += ro[base + c]
-            yo[py * wp + px] = acc * inv
-
-
-def _indent(lines: list[str], depth: int) -> str:
-    return "\n".join(" " * depth + line for line in lines) if lines else " " * depth + "pass"
-
-
-def epilogue_lines(acts: list[tuple[str, dict]], has_bn: bool) -> list[str]:
-    """``v = ...`` statements applying the BN affine and the activations to ``v``."""
-    lines = ["v = v * so + to"] if has_bn else []
-    for op, attrs in acts:
-        lines.append("v = " + epilogue.unary(op, "v", attrs))
-    return lines
-
-
 def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str:
     """Source of the fused conv kernel for one epilogue: ``pool`` is none|max|avg.
 
@@ -585,18 +427,23 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str
     inference and training share one compiled kernel.
     """
     epi = epilogue_lines(acts, has_bn)
-    bn_load = _indent(["so = bn_s[o]", "to = bn_t[o]"] if has_bn else [], 8)
+    bn_load = indent(["so = bn_s[o]", "to = bn_t[o]"] if has_bn else [], 8)
     if pool == "none":
-        store = _STORE_PLAIN.format(bn_load=bn_load, epi=_indent(epi, 16))
+        store = _STORE_PLAIN.format(bn_load=bn_load, epi=indent(epi, 16))
     elif pool == "max":
-        store = _STORE_MAX.format(bn_load=bn_load, epi_row=_indent(epi, 12))
+        store = _STORE_MAX.format(bn_load=bn_load, epi_row=indent(epi, 12))
     else:
-        store = _STORE_AVG.format(bn_load=bn_load, epi_row=_indent(epi, 12))
-    body = _FORWARD.format(store=store, has_bn=has_bn)
+        store = _STORE_AVG.format(bn_load=bn_load, epi_row=indent(epi, 12))
+    if has_bn:
+        bn_param, bn_setup = "bn, ", "    bn_s, bn_t = bn_scale_shift(*bn, True)"
+    else:
+        bn_param, bn_setup = "", "    bn_s = bn_t = np.empty(0, dtype=y.dtype)"
+    body = _FORWARD.format(store=store, bn_param=bn_param, bn_setup=bn_setup)
     header = (
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
-        "from convforge.backends.numba_cpu.kernels.conv import (\n"
-        "    avg_pool_plane, bn_scale_shift, conv_gemm_image, max_pool_plane, scratch_buffers,\n)\n\n\n"
+        "from convforge.backends.numba_cpu.kernels.conv import conv_gemm_image, scratch_buffers\n"
+        "from convforge.backends.numba_cpu.kernels.norm import bn_scale_shift\n"
+        "from convforge.backends.numba_cpu.kernels.pool import avg_pool_plane, max_pool_plane\n\n\n"
     )
     return header + body
 
@@ -659,17 +506,17 @@ def emit_forward(
     sh, sw, ph, pw, dh, dw, groups = conv_params(conv)
     if pool is not None:
         pt = pool.outputs[0].type
-        pk = f"{window(pool.attrs)}, {pt.shape[2]}, {pt.shape[3]}"
+        pool_geometry = f"({window(pool.attrs)}, {pt.shape[2]}, {pt.shape[3]})"
     else:
-        pk = f"1, 1, 1, 1, 0, 0, {ho}, {wo}"
-    bias = b if b is not None else ctx.zeros(cout.shape[1], cout.dtype)
-    bnargs = ", ".join(bn) if bn is not None else ", ".join([bias] * 4)
+        pool_geometry = f"(1, 1, 1, 1, 0, 0, {ho}, {wo})"
+    bias = b if b is not None else ctx.zeros(cout.shape[1], cout.dtype, "no_bias")
+    bn_arg = f"bn=({', '.join(bn)}, {scalar.literal(bn_eps)}), " if bn is not None else ""
     n = ctx.dim(out_value.shape[0])
     y3 = f"{y}.reshape({n}, {cout.shape[1]}, -1)"
     am3 = f"{am}.reshape({n}, {cout.shape[1]}, -1)" if am else ctx.dummy_u8()
     ctx.line(
-        f"{k}({x4}, {w4}, {bias}, {bnargs}, {float(bn_eps)!r}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
-        f"{groups}, {ho}, {wo}, {pk}, T, {y3}, {am3})"
+        f"{k}({x4}, {w4}, b={bias}, {bn_arg}conv=({sh}, {sw}, {ph}, {pw}, {dh}, {dw}, {groups}, {ho}, {wo}), "
+        f"pool={pool_geometry}, nt=T, y={y3}, am={am3})"
     )
 
 
@@ -698,14 +545,39 @@ def _gy3(ctx, value, expr: str) -> str:
 
 @lowering("conv2d_backward_input", "conv1d_backward_input")
 def _(ctx, node, ins, outs):
-    gy, w = node.inputs
+    _emit_backward_input(ctx, node, ins[0], ins[1], outs[0])
+
+
+def _emit_backward_input(ctx, node, gy_expr: str, w_expr: str, out_expr: str) -> None:
+    """The transposed convolution of input 0 (``gy``) by input 1 (``w``) into the output."""
+    gy, w = node.inputs[0], node.inputs[1]
     sh, sw, ph, pw, dh, dw, groups = conv_params(node)
     k = ctx.static(conv2d_backward_input, "conv2d_backward_input")
     ho, wo = (1, gy.shape[2]) if gy.type.rank == 3 else (gy.shape[2], gy.shape[3])
     ctx.line(
-        f"{k}({_gy3(ctx, gy, ins[0])}, {as4d(ctx, w, ins[1])}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
-        f"{groups}, {ho}, {wo}, T, {as4d(ctx, node.outputs[0], outs[0])})"
+        f"{k}({_gy3(ctx, gy, gy_expr)}, {as4d(ctx, w, w_expr)}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, "
+        f"{groups}, {ho}, {wo}, T, {as4d(ctx, node.outputs[0], out_expr)})"
     )
+
+
+@njit(cache=True, parallel=True)
+def add_channel_bias(y, b):
+    """y[n, c, :] += b[c] (y is [N, C, L])."""
+    N, C, L = y.shape
+    for nc in prange(N * C):
+        v = b[nc % C]
+        for i in range(L):
+            y[nc // C, nc % C, i] += v
+
+
+@lowering("conv_transpose2d")
+def _(ctx, node, ins, outs):
+    # the input gradient of the convolution whose output is x (output_padding is only in
+    # the output size: the rows it adds are read by no window and keep the bias alone)
+    _emit_backward_input(ctx, node, ins[0], ins[1], outs[0])
+    if len(ins) > 2:
+        k = ctx.static(add_channel_bias, "add_channel_bias")
+        ctx.line(f"{k}({_gy3(ctx, node.outputs[0], outs[0])}, {ins[2]})")
 
 
 @lowering("conv2d_backward_weight", "conv1d_backward_weight")

@@ -14,7 +14,8 @@ from numba import njit, prange
 
 from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.blas import gemm
-from convforge.backends.numba_cpu.kernels.conv import epilogue_lines
+from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines
+from convforge.ir import scalar
 
 
 @njit(cache=True)
@@ -55,12 +56,12 @@ import math
 import numpy as np
 from numba import njit
 
-from convforge.backends.numba_cpu.kernels.conv import bn_scale_shift
+from convforge.backends.numba_cpu.kernels.norm import bn_scale_shift
 
 
 @njit(cache=True)
-def kernel(y, b, bnw, bnb, bnm, bnv, bn_eps):
-    bn_s, bn_t = bn_scale_shift(bnw, bnb, bnm, bnv, bn_eps, {has_bn})
+def kernel(y, b{bn_param}):
+{bn_setup}
     for i in range(y.shape[0]):
         for o in range(y.shape[1]):
             v = y[i, o] + b[o]
@@ -73,8 +74,13 @@ def kernel(y, b, bnw, bnb, bnm, bnv, bn_eps):
 def forward_source(acts: list[tuple[str, dict]], has_bn: bool) -> str:
     """Source of the epilogue pass over a linear layer's output ``y`` [batch, features]."""
     ind = " " * 12
+    if has_bn:
+        bn_param, bn_setup = ", bn", "    bn_s, bn_t = bn_scale_shift(*bn, True)"
+    else:
+        bn_param, bn_setup = "", "    bn_s = bn_t = np.empty(0, dtype=y.dtype)"
     return _EPILOGUE.format(
-        has_bn=has_bn,
+        bn_param=bn_param,
+        bn_setup=bn_setup,
         bn_load=(ind + "so = bn_s[o]\n" + ind + "to = bn_t[o]") if has_bn else "",
         epi="\n".join(ind + line for line in epilogue_lines(acts, has_bn)),
     )
@@ -92,16 +98,16 @@ def emit_forward(
     y: str,
 ) -> None:
     """Emit the GEMM, then (with a bias, batch norm or activations) the generated epilogue."""
-    ctx.line(f"{ctx.static(matmul, 'matmul')}({x}, {w}, {y}, False, True, T)")
+    ctx.line(f"{ctx.static(matmul, 'matmul')}({x}, {w}, {y}, ta=False, tb=True, nt=T)")
     if b is None and bn is None and not acts:
         return
     key = ("linear", tuple((op, tuple(sorted(at.items()))) for op, at in acts), bn is not None)
     pattern = " -> ".join(["linear(epilogue)", *(["batch_norm"] if bn else []), *(op for op, _ in acts)])
     k = ctx.generated(key, forward_source(acts, bn is not None), pattern)
     out = node.outputs[0].type
-    bias = b if b is not None else ctx.zeros(out.shape[1], out.dtype)
-    bnargs = ", ".join(bn) if bn is not None else ", ".join([bias] * 4)
-    ctx.line(f"{k}({y}, {bias}, {bnargs}, {float(bn_eps)!r})")
+    bias = b if b is not None else ctx.zeros(out.shape[1], out.dtype, "no_bias")
+    bn_arg = f", bn=({', '.join(bn)}, {scalar.literal(bn_eps)})" if bn is not None else ""
+    ctx.line(f"{k}({y}, b={bias}{bn_arg})")
 
 
 @lowering("linear")
@@ -113,4 +119,4 @@ def _(ctx, node, ins, outs):
 def _(ctx, node, ins, outs):
     k = ctx.static(matmul, "matmul")
     ta, tb = node.attrs["transpose_a"], node.attrs["transpose_b"]
-    ctx.line(f"{k}({ins[0]}, {ins[1]}, {outs[0]}, {ta}, {tb}, T)")
+    ctx.line(f"{k}({ins[0]}, {ins[1]}, {outs[0]}, ta={ta}, tb={tb}, nt=T)")

@@ -1,4 +1,4 @@
-"""Batch norm (eval, train, both backward ops) and dropout kernels.
+"""Batch norm (eval, train, both backward ops), dropout and local response norm kernels.
 
 Tensors are seen as ``[N, C, L]`` (L = H*W, the length, or 1), statistics accumulate in
 float64 and threads split the channels. Dropout regenerates its mask from the shared
@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from convforge.backends.numba_cpu.kernels import lowering
+from convforge.ir import scalar
 from convforge.ir.ops import rng
 
 hash_uniform = njit(cache=True)(rng.hash_uniform)
@@ -168,3 +169,272 @@ def _(ctx, node, ins, outs):
         f"{k}({ins[0]}.reshape(-1), int({ins[1]}), {float(a['p'])!r}, {int(a['seed'])}, "
         f"{outs[0]}.reshape(-1))"
     )
+
+
+@njit(cache=True)
+def bn_scale_shift(bnw, bnb, bnm, bnv, eps, has_bn):
+    """Per-channel (scale, shift) of an inference batch norm: y = x * scale + shift."""
+    O = bnw.shape[0] if has_bn else 0
+    s = np.empty(O, dtype=bnw.dtype)
+    t = np.empty(O, dtype=bnw.dtype)
+    for o in range(O):
+        s[o] = bnw[o] / math.sqrt(bnv[o] + eps)
+        t[o] = bnb[o] - bnm[o] * s[o]
+    return s, t
+
+
+# -- batch-norm folding (fold-batchnorm) ------------------------------------------------------
+@njit(cache=True)
+def bn_fold_weight(w, gamma, var, eps, out):
+    """out[o, :] = w[o, :] * gamma[o] / sqrt(var[o] + eps) (w flattened to [O, K])."""
+    for o in range(w.shape[0]):
+        s = gamma[o] / np.sqrt(np.float64(var[o]) + eps)
+        for k in range(w.shape[1]):
+            out[o, k] = w[o, k] * s
+
+
+@njit(cache=True)
+def bn_fold_bias(gamma, beta, mean, var, bias, has_bias, eps, out):
+    for o in range(gamma.shape[0]):
+        s = gamma[o] / np.sqrt(np.float64(var[o]) + eps)
+        b = bias[o] if has_bias else 0.0
+        out[o] = (b - mean[o]) * s + beta[o]
+
+
+@njit(cache=True)
+def bn_fold_weight_transposed(w, gamma, var, eps, out):
+    """out[g, i, j, :] = w[g, i, j, :] * scale[g * J + j]: a conv_transpose2d weight
+    [Cin, Cout/g, *k] seen as [g, Cin/g, Cout/g, K], whose output channels are (g, j)."""
+    G, I, J, K = w.shape
+    for g in range(G):
+        for j in range(J):
+            o = g * J + j
+            s = gamma[o] / np.sqrt(np.float64(var[o]) + eps)
+            for i in range(I):
+                for k in range(K):
+                    out[g, i, j, k] = w[g, i, j, k] * s
+
+
+@lowering("bn_fold_weight")
+def _(ctx, node, ins, outs):
+    k = ctx.static(bn_fold_weight, "bn_fold_weight")
+    o = node.inputs[0].shape[0]
+    eps = scalar.literal(node.attrs["eps"])
+    ctx.line(f"{k}({ins[0]}.reshape({o}, -1), {ins[1]}, {ins[2]}, {eps}, {outs[0]}.reshape({o}, -1))")
+
+
+@lowering("bn_fold_weight_transposed")
+def _(ctx, node, ins, outs):
+    k = ctx.static(bn_fold_weight_transposed, "bn_fold_weight_transposed")
+    shape, g = node.inputs[0].shape, node.attrs["groups"]
+    view = f"reshape({g}, {shape[0] // g}, {shape[1]}, -1)"
+    eps = scalar.literal(node.attrs["eps"])
+    ctx.line(f"{k}({ins[0]}.{view}, {ins[1]}, {ins[2]}, {eps}, {outs[0]}.{view})")
+
+
+@lowering("bn_fold_bias")
+def _(ctx, node, ins, outs):
+    k = ctx.static(bn_fold_bias, "bn_fold_bias")
+    bias = ins[4] if len(ins) > 4 else ins[0]
+    ctx.line(
+        f"{k}({', '.join(ins[:4])}, {bias}, {len(ins) > 4}, {scalar.literal(node.attrs['eps'])}, {outs[0]})"
+    )
+
+
+# -- local response normalisation: x seen as [N, C, S], one (n, c) plane per iteration --------
+@njit(cache=True)
+def _lrn_denominator(x, n, j, s, size, before, alpha, k):
+    """``k + alpha / size * sum of x[n, c, s]^2`` over channel ``j``'s window, in float64."""
+    lo = max(j - before, 0)
+    hi = min(j - before + size, x.shape[1])
+    acc = 0.0
+    for c in range(lo, hi):
+        v = np.float64(x[n, c, s])
+        acc += v * v
+    return k + alpha / size * acc
+
+
+@njit(cache=True, parallel=True)
+def local_response_norm(x, size, before, alpha, beta, k, y):
+    N, C, S = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        for s in range(S):
+            y[n, c, s] = x[n, c, s] * math.pow(_lrn_denominator(x, n, c, s, size, before, alpha, k), -beta)
+
+
+@njit(cache=True, parallel=True)
+def local_response_norm_backward(gy, x, size, before, alpha, beta, k, gx):
+    """gx[c] = gy[c] d[c]^-beta - 2 alpha beta / size x[c] sum_j gy[j] x[j] d[j]^(-beta-1) over the
+    channels j whose window holds c: [c - (size - 1 - before), c + before]."""
+    N, C, S = x.shape
+    after = size - 1 - before
+    f = 2.0 * alpha * beta / size
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        lo = max(c - after, 0)
+        hi = min(c + before + 1, C)
+        for s in range(S):
+            t = 0.0
+            for j in range(lo, hi):
+                d = _lrn_denominator(x, n, j, s, size, before, alpha, k)
+                t += gy[n, j, s] * np.float64(x[n, j, s]) * math.pow(d, -beta - 1.0)
+            d = _lrn_denominator(x, n, c, s, size, before, alpha, k)
+            gx[n, c, s] = gy[n, c, s] * math.pow(d, -beta) - f * x[n, c, s] * t
+
+
+def _ncs(ctx, value, expr: str) -> str:
+    """``expr`` seen as ``[N, C, S]``."""
+    n, c, *rest = value.shape
+    inner = " * ".join(str(d) for d in rest) or "1"
+    return f"{expr}.reshape({ctx.dim(n)}, {c}, {inner})"
+
+
+def _lrn_args(node) -> str:
+    a = node.attrs
+    return ", ".join(
+        [str(a["size"]), str(a["before"]), *(scalar.literal(a[k]) for k in ("alpha", "beta", "k"))]
+    )
+
+
+@lowering("local_response_norm")
+def _(ctx, node, ins, outs):
+    k = ctx.static(local_response_norm, "local_response_norm")
+    x = node.inputs[0]
+    ctx.line(f"{k}({_ncs(ctx, x, ins[0])}, {_lrn_args(node)}, {_ncs(ctx, x, outs[0])})")
+
+
+@lowering("local_response_norm_backward")
+def _(ctx, node, ins, outs):
+    k = ctx.static(local_response_norm_backward, "local_response_norm_backward")
+    x = node.inputs[1]
+    gy, xs, gx = (_ncs(ctx, x, e) for e in (ins[0], ins[1], outs[0]))
+    ctx.line(f"{k}({gy}, {xs}, {_lrn_args(node)}, {gx})")
+
+
+# -- layer norm and group norm: x seen as rows [R, K, S], normalised per row ------------------
+# layer_norm: R = the leading dims, K = 1, S = prod(normalized_shape), parameter s;
+# group_norm: R = N * groups, K = C / groups, S = spatial, parameter (r % groups) * K + k.
+@njit(cache=True)
+def _row_moments(x, r, eps):
+    """(mean, 1 / sqrt(biased var + eps)) of row ``r`` of ``x`` [R, K, S], two passes in float64."""
+    K, S = x.shape[1], x.shape[2]
+    acc = 0.0
+    for k in range(K):
+        for s in range(S):
+            acc += x[r, k, s]
+    mean = acc / (K * S)
+    sq = 0.0
+    for k in range(K):
+        for s in range(S):
+            d = x[r, k, s] - mean
+            sq += d * d
+    return mean, 1.0 / math.sqrt(sq / (K * S) + eps)
+
+
+@njit(cache=True)
+def _param(r, k, s, per_channel, groups, K):
+    return (r % groups) * K + k if per_channel else s
+
+
+@njit(cache=True, parallel=True)
+def row_norm(x, w, b, affine, per_channel, groups, eps, y):
+    """y = (x - mean) * rstd per row, times ``w`` (affine >= 1) plus ``b`` (affine == 2)."""
+    R, K, S = x.shape
+    for r in prange(R):
+        mean, rstd = _row_moments(x, r, eps)
+        for k in range(K):
+            for s in range(S):
+                v = (x[r, k, s] - mean) * rstd
+                if affine > 0:
+                    p = _param(r, k, s, per_channel, groups, K)
+                    v = v * w[p]
+                    if affine > 1:
+                        v += b[p]
+                y[r, k, s] = v
+
+
+@njit(cache=True, parallel=True)
+def row_norm_backward_input(gy, x, w, has_weight, per_channel, groups, eps, gx):
+    """gx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)) per row, g = gy * w."""
+    R, K, S = x.shape
+    count = K * S
+    for r in prange(R):
+        mean, rstd = _row_moments(x, r, eps)
+        sg = 0.0
+        sgx = 0.0
+        for k in range(K):
+            for s in range(S):
+                g = gy[r, k, s] * (w[_param(r, k, s, per_channel, groups, K)] if has_weight else 1.0)
+                sg += g
+                sgx += g * (x[r, k, s] - mean) * rstd
+        for k in range(K):
+            for s in range(S):
+                g = gy[r, k, s] * (w[_param(r, k, s, per_channel, groups, K)] if has_weight else 1.0)
+                xh = (x[r, k, s] - mean) * rstd
+                gx[r, k, s] = rstd * (g - sg / count - xh * sgx / count)
+
+
+@njit(cache=True, parallel=True)
+def row_norm_backward_params(gy, x, per_channel, groups, eps, gw, gb):
+    """gw[p] = sum of gy * x_hat and gb[p] = sum of gy over the elements of parameter p."""
+    R, K, S = x.shape
+    stats = np.empty((R, 2))
+    for r in prange(R):
+        stats[r, 0], stats[r, 1] = _row_moments(x, r, eps)
+    for p in prange(gw.shape[0]):
+        aw = 0.0
+        ab = 0.0
+        if per_channel:
+            g, k = p // K, p % K
+            for r in range(g, R, groups):
+                for s in range(S):
+                    aw += gy[r, k, s] * (x[r, k, s] - stats[r, 0]) * stats[r, 1]
+                    ab += gy[r, k, s]
+        else:
+            for r in range(R):
+                aw += gy[r, 0, p] * (x[r, 0, p] - stats[r, 0]) * stats[r, 1]
+                ab += gy[r, 0, p]
+        gw[p] = aw
+        gb[p] = ab
+
+
+def _rows(ctx, node, x) -> tuple[str, bool, int]:
+    """(reshape arguments of the [R, K, S] view, per_channel, groups) of a layer/group norm node."""
+    if node.op.startswith("layer_norm"):
+        d = int(np.prod(node.attrs["normalized_shape"]))
+        return f"-1, 1, {d}", False, 1
+    g = node.attrs["num_groups"]
+    c = x.shape[1]
+    return f"-1, {c // g}, {int(np.prod(x.shape[2:], dtype=np.int64))}", True, g
+
+
+@lowering("layer_norm", "group_norm")
+def _(ctx, node, ins, outs):
+    x = node.inputs[0]
+    view, per_channel, groups = _rows(ctx, node, x)
+    # parameters flat: layer_norm's have normalized_shape
+    w = f"{ins[1]}.reshape(-1)" if len(ins) > 1 else ctx.zeros(0, x.type.dtype, "no_weight")
+    b = f"{ins[2]}.reshape(-1)" if len(ins) > 2 else w
+    k = ctx.static(row_norm, "row_norm")
+    eps = scalar.literal(node.attrs["eps"])
+    ctx.line(
+        f"{k}({ins[0]}.reshape({view}), {w}, {b}, {len(ins) - 1}, {per_channel}, {groups}, {eps}, "
+        f"{outs[0]}.reshape({view}))"
+    )
+
+
+@lowering("layer_norm_backward", "group_norm_backward")
+def _(ctx, node, ins, outs):
+    x = node.inputs[1]
+    view, per_channel, groups = _rows(ctx, node, x)
+    has_weight = len(ins) > 2
+    w = f"{ins[2]}.reshape(-1)" if has_weight else ctx.zeros(0, x.type.dtype, "no_weight")
+    eps = scalar.literal(node.attrs["eps"])
+    gy, xs, gx = (f"{e}.reshape({view})" for e in (ins[0], ins[1], outs[0]))
+    k = ctx.static(row_norm_backward_input, "row_norm_backward_input")
+    ctx.line(f"{k}({gy}, {xs}, {w}, {has_weight}, {per_channel}, {groups}, {eps}, {gx})")
+    k = ctx.static(row_norm_backward_params, "row_norm_backward_params")
+    ctx.line(f"{k}({gy}, {xs}, {per_channel}, {groups}, {eps}, {outs[1]}.reshape(-1), {outs[2]}.reshape(-1))")

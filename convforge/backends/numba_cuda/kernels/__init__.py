@@ -1,6 +1,7 @@
 """Numba-CUDA kernels, one module per op family (mirroring ``convforge/ir/ops``).
 
-Each family module registers a *lowering* per op with :func:`lowering`: a function
+Each family module registers a *lowering* per op with :func:`lowering` (the
+:class:`~convforge.backends.lowering.LoweringTable` both Numba backends use): a function
 ``(ctx, node)`` that generates (through ``ctx.kernel``) the ``@cuda.jit`` source it needs
 and records one or more launches with ``ctx.launch``, reading the node's attributes and
 its input/output values. ``ctx`` is :class:`convforge.backends.numba_cuda.codegen.Context`.
@@ -11,30 +12,29 @@ do, so the simulator switch (``NUMBA_ENABLE_CUDASIM``) is read when the first gr
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
+from convforge.backends.lowering import LoweringTable
 
-Lowering = Callable[..., None]
+FAMILIES = (
+    "conv",
+    "linear",
+    "pool",
+    "norm",
+    "activation",
+    "elementwise",
+    "shape",
+    "loss",
+    "optim",
+    "fusion",
+    "resize",
+)
 
-#: op name -> lowering
-LOWERINGS: dict[str, Lowering] = {}
+#: op name -> lowering ``(ctx, node)``
+LOWERINGS = LoweringTable("numba-cuda", __name__, FAMILIES)
 
-FAMILIES = ("conv", "linear", "pool", "norm", "activation", "elementwise", "shape", "loss", "optim", "fused")
-
-
-def lowering(*ops: str) -> Callable[[Lowering], Lowering]:
-    """Register the decorated function as the lowering of ``ops``."""
-
-    def register(fn: Lowering) -> Lowering:
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-
-    return register
+#: ``@lowering("op", ...)``: register the decorated function as the lowering of those ops
+lowering = LOWERINGS.register
 
 
-def load_all() -> dict[str, Lowering]:
+def load_all() -> LoweringTable:
     """Import every family module (each registers its lowerings) and return the table."""
-    for family in FAMILIES:
-        importlib.import_module(f"{__name__}.{family}")
-    return LOWERINGS
+    return LOWERINGS.load()

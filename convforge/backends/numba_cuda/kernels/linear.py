@@ -9,9 +9,10 @@ before the single store; its gradients are plain ``matmul`` nodes with transpose
 
 from __future__ import annotations
 
-from convforge.backends.numba_cuda.codegen import SCALAR, indent
+from convforge.backends.numba_cuda.codegen import SCALAR
 from convforge.backends.numba_cuda.kernels import lowering
-from convforge.backends.numba_cuda.kernels.conv import epilogue_lines
+from convforge.backends.numba_cuda.kernels.epilogue import epilogue_lines
+from convforge.backends.numba_cuda.kernels.templates import indent
 from convforge.ir.graph import Node, Value
 
 _GEMM = """\

@@ -9,114 +9,76 @@ checked on the host before any kernel ran (``base.check_labels``).
 
 from __future__ import annotations
 
-from convforge.backends.numba_cuda.codegen import block_reduce
 from convforge.backends.numba_cuda.kernels import lowering
-from convforge.backends.numba_cuda.kernels.elementwise import map_kernel
+from convforge.backends.numba_cuda.kernels.templates import (
+    block_reduce,
+    consts,
+    grid_loop,
+    kernel,
+    map_kernel,
+    max_sum_exp,
+    thread_loop,
+)
 from convforge.ir.graph import Node
 
-_SINGLE_BLOCK = """\
-RT = {RT}
+#: row ``k`` of ``logits``: ``m`` its maximum, ``total`` the sum of ``exp(logits - m)``
+_ROW_STATS = ["C = logits.shape[1]", *max_sum_exp("logits[k, {c}]", "C", "c")]
 
 
-@cuda.jit(cache=True)
-def kernel({params}, out):
-    sh = cuda.shared.array(RT, dtype=np.float64)
-    t = cuda.threadIdx.x
-    acc = 0.0
-{body}
-{reduce}
-    if t == 0:
-        out[0] = acc{scale}
-"""
-
-_CE_ROWS = """\
-    N = logits.shape[0]
-    C = logits.shape[1]
-    k = t
-    while k < N:
-        m = logits[k, 0]
-        for c in range(1, C):
-            m = max(m, logits[k, c])
-        total = 0.0
-        for c in range(C):
-            total += math.exp(logits[k, c] - m)
-        acc += math.log(total) - (logits[k, target[k]] - m)
-        k += RT"""
-
-_MSE_ELEMENTS = """\
-    k = t
-    while k < x.size:
-        d = np.float64(x[k]) - target[k]
-        acc += d * d
-        k += RT"""
+def _single_block(ctx, node: Node, params: str, count: str, row: list[str], args: list) -> None:
+    """Launch one block whose threads sum ``row`` (adding to ``acc``) over ``k < count``; the
+    scalar output is the sum, or its mean over ``count`` for ``reduction="mean"``."""
+    mean = node.attrs["reduction"] == "mean"
+    lines = [
+        "sh = cuda.shared.array(RT, dtype=np.float64)",
+        "t = cuda.threadIdx.x",
+        "acc = 0.0",
+        *thread_loop(count, row),
+        *block_reduce(["acc"], ["sh"]),
+        "if t == 0:",
+        f"    out[0] = acc{f' / max({count}, 1)' if mean else ''}",
+    ]
+    src = consts(RT=ctx.geometry.reduce_threads) + kernel(f"{params}, out", lines)
+    fn = ctx.kernel("loss", f"{node.op} {{reduction={node.attrs['reduction']}}}", src)
+    ctx.launch(fn, 1, ctx.geometry.reduce_threads, *args, node.outputs[0])
 
 
 @lowering("cross_entropy")
 def _(ctx, node: Node) -> None:
     logits, target = node.inputs
-    mean = node.attrs["reduction"] == "mean"
-    src = _SINGLE_BLOCK.format(
-        RT=ctx.geometry.reduce_threads,
-        params="logits, target",
-        body=_CE_ROWS,
-        reduce=block_reduce(["acc"], ["sh"], 4),
-        scale=" / max(logits.shape[0], 1)" if mean else "",
-    )
-    kernel = ctx.kernel("loss", f"cross_entropy {{reduction={node.attrs['reduction']}}}", src)
-    ctx.launch(kernel, 1, ctx.geometry.reduce_threads, logits, target, node.outputs[0])
+    row = [*_ROW_STATS, "acc += math.log(total) - (logits[k, target[k]] - m)"]
+    _single_block(ctx, node, "logits, target", "logits.shape[0]", row, [logits, target])
 
 
 @lowering("mse_loss")
 def _(ctx, node: Node) -> None:
     x, target = node.inputs
-    mean = node.attrs["reduction"] == "mean"
-    src = _SINGLE_BLOCK.format(
-        RT=ctx.geometry.reduce_threads,
-        params="x, target",
-        body=_MSE_ELEMENTS,
-        reduce=block_reduce(["acc"], ["sh"], 4),
-        scale=" / max(x.size, 1)" if mean else "",
-    )
-    kernel = ctx.kernel("loss", f"mse_loss {{reduction={node.attrs['reduction']}}}", src)
-    ctx.launch(kernel, 1, ctx.geometry.reduce_threads, ctx.flat(x), ctx.flat(target), node.outputs[0])
-
-
-_CE_BACKWARD = """\
-@cuda.jit(cache=True)
-def kernel(g, logits, target, gl):
-    N = logits.shape[0]
-    C = logits.shape[1]
-    factor = g[0] / N if {mean} and N > 0 else g[0]
-    k = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    while k < N:
-        m = logits[k, 0]
-        for c in range(1, C):
-            m = max(m, logits[k, c])
-        total = 0.0
-        for c in range(C):
-            total += math.exp(logits[k, c] - m)
-        lse = math.log(total)
-        for c in range(C):
-            p = math.exp((logits[k, c] - m) - lse)
-            if c == target[k]:
-                p -= 1.0
-            gl[k, c] = p * factor
-        k += stride
-"""
+    row = ["d = np.float64(x[k]) - target[k]", "acc += d * d"]
+    _single_block(ctx, node, "x, target", "x.size", row, [ctx.flat(x), ctx.flat(target)])
 
 
 @lowering("cross_entropy_backward")
 def _(ctx, node: Node) -> None:
     g, logits, target = node.inputs
     mean = node.attrs["reduction"] == "mean"
-    kernel = ctx.kernel(
-        "loss",
-        f"cross_entropy_backward {{reduction={node.attrs['reduction']}}}",
-        _CE_BACKWARD.format(mean=mean),
-    )
+    row = [
+        *_ROW_STATS,
+        "lse = math.log(total)",
+        "for c in range(C):",
+        "    p = math.exp((logits[k, c] - m) - lse)",
+        "    if c == target[k]:",
+        "        p -= 1.0",
+        "    gl[k, c] = p * factor",
+    ]
+    lines = [
+        "N = logits.shape[0]",
+        f"factor = g[0] / N if {mean} and N > 0 else g[0]",
+        *grid_loop("N", row, "k"),
+    ]
+    src = kernel("g, logits, target, gl", lines)
+    fn = ctx.kernel("loss", f"cross_entropy_backward {{reduction={node.attrs['reduction']}}}", src)
     blocks, threads = ctx.grid1d(ctx.shape(logits)[0])
-    ctx.launch(kernel, blocks, threads, g, logits, target, node.outputs[0])
+    ctx.launch(fn, blocks, threads, g, logits, target, node.outputs[0])
 
 
 @lowering("mse_loss_backward")

@@ -7,7 +7,7 @@ which is cheap next to a kernel launch per value); the step counter is read on t
 from __future__ import annotations
 
 from convforge.backends.numba_cuda.kernels import lowering
-from convforge.backends.numba_cuda.kernels.elementwise import map_kernel
+from convforge.backends.numba_cuda.kernels.templates import map_kernel
 from convforge.ir.graph import Node
 
 

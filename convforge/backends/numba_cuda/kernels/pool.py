@@ -1,266 +1,176 @@
-"""Pooling kernels: max, avg, adaptive avg and their backward ops, one thread per output element.
+"""Pooling kernels: max (with or without the argmax byte), avg, adaptive avg and their
+backward ops, one thread per output element.
 
-Window geometry (kernel size, stride, padding, dilation) is baked in as module constants;
-``ceil_mode`` needs no code, it is already in the output size. The backward kernels
-gather: each input element visits the windows that cover it and sums what they send
-back, so no atomics are needed and the result does not depend on thread order. Max-pool
-backward recomputes each window's first maximum from ``x`` (as the op table says); the
-fused training path reads the stored argmax byte instead (``kernels/fused.py``).
+Window geometry (kernel size, stride, padding, dilation) is baked in as module constants
+(``kernels/windows.py``); ``ceil_mode`` needs no code, it is already in the output size.
+The backward kernels gather: each input element visits the windows that cover it and sums
+what they send back, so no atomics are needed and the result does not depend on thread
+order. Max-pool backward recomputes each window's first maximum from ``x`` (as the op
+table says); the training path stores the argmax tap as one byte per output
+(``max_pool2d_argmax``) and scatters through it (``max_pool2d_backward_argmax``, which the
+``fusion`` lowering also runs with an activation's derivative applied on the fly).
 """
 
 from __future__ import annotations
 
-from convforge.backends.numba_cuda.codegen import SCALAR, indent
+from convforge.backends.numba_cuda.codegen import SCALAR
 from convforge.backends.numba_cuda.kernels import lowering
-from convforge.backends.numba_cuda.kernels.conv import avg_divisor
-from convforge.ir.graph import Node
+from convforge.backends.numba_cuda.kernels.templates import device, per_element
+from convforge.backends.numba_cuda.kernels.windows import (
+    avg_divisor,
+    covering,
+    window_consts,
+    window_max,
+    window_sum,
+    window_text,
+)
+from convforge.ir import scalar
+from convforge.ir.graph import Node, Value
 
-_WINDOW = """\
-KH = {KH}
-KW = {KW}
-SH = {SH}
-SW = {SW}
-PH = {PH}
-PW = {PW}
-DH = {DH}
-DW = {DW}
-
-"""
-
-_WINDOW_MAX = """
-@cuda.jit(device=True)
-def window_max(x, n, c, oy, ox):
-    H = x.shape[2]
-    W = x.shape[3]
-    best = -math.inf
-    arg = 0
-    for a in range(KH):
-        iy = oy * SH - PH + a * DH
-        if iy >= 0 and iy < H:
-            for e in range(KW):
-                ix = ox * SW - PW + e * DW
-                if ix >= 0 and ix < W:
-                    v = x[n, c, iy, ix]
-                    if v > best or v != v:
-                        best = v
-                        arg = a * KW + e
-    return best, arg
-
-"""
-
-#: one thread per output element of ``y`` ([N, C, Ho, Wo]): decodes (n, c, oy, ox)
-_PER_OUTPUT = """
-@cuda.jit(cache=True)
-def kernel({params}):
-    C = y.shape[1]
-    Ho = y.shape[2]
-    Wo = y.shape[3]
-    i = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    while i < y.size:
-        ox = i % Wo
-        q = i // Wo
-        oy = q % Ho
-        q //= Ho
-        c = q % C
-        n = q // C
-{body}
-        i += stride
-"""
-
-#: one thread per input-gradient element of ``gx``, visiting the windows that cover it
-_GATHER = """
-@cuda.jit(cache=True)
-def kernel({params}):
-    C = gx.shape[1]
-    H = gx.shape[2]
-    W = gx.shape[3]
-    Ho = gy.shape[2]
-    Wo = gy.shape[3]
-    i = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    while i < gx.size:
-        ix = i % W
-        q = i // W
-        iy = q % H
-        q //= H
-        c = q % C
-        n = q // C
-        acc = {DT}(0.0)
-        for a in range(KH):
-            ty = iy + PH - a * DH
-            if ty >= 0 and ty % SH == 0 and ty // SH < Ho:
-                oy = ty // SH
-                for e in range(KW):
-                    tx = ix + PW - e * DW
-                    if tx >= 0 and tx % SW == 0 and tx // SW < Wo:
-                        ox = tx // SW
-{body}
-        gx[n, c, iy, ix] = acc
-        i += stride
-"""
+#: the plane the forward windows read: ``x``'s height and width
+_PLANE = ["H = x.shape[2]", "W = x.shape[3]"]
 
 
-def window_consts(attrs) -> str:
-    dil = attrs["dilation"] if "dilation" in attrs else (1, 1)
-    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel_size"], attrs["stride"], attrs["padding"]
-    return _WINDOW.format(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, DH=dil[0], DW=dil[1])
+def _over_x(reduce) -> str:
+    """The window device function ``reduce`` (``window_max`` / ``window_sum``) over ``x[n, c]``."""
+    return reduce("x", "x[n, c, iy, ix]", ("H", "W"), _PLANE)
 
 
-def window_text(attrs) -> str:
-    keys = ("kernel_size", "stride", "padding", "dilation", "count_include_pad", "divisor_override")
-    return "{" + ", ".join(f"{k}={attrs[k]!r}" for k in keys if k in attrs) + "}"
-
-
-def gather(
-    ctx,
-    attrs,
-    pattern: str,
-    params: list[str],
-    args: list,
-    body: list[str],
-    dtype: str,
-    recompute: bool = False,
-) -> None:
-    """Launch a gather kernel for window ``attrs``: ``body`` adds to ``acc`` for window (oy, ox), tap (a, e).
-
-    ``args[-1]`` is the input gradient ``gx``; ``recompute`` adds the ``window_max`` helper.
-    """
-    src = (
-        window_consts(attrs)
-        + (_WINDOW_MAX if recompute else "")
-        + _GATHER.format(params=", ".join(params), DT=SCALAR[dtype], body=indent(body, 24))
+def _per_output(ctx, pattern: str, params: list[str], args: list, body: list[str], prelude: str) -> None:
+    """Launch a kernel of one thread per output element ``y[n, c, oy, ox]`` (``y`` is in ``params``)."""
+    src = prelude + per_element(
+        ", ".join(params), "y", ["n", "c", "oy", "ox"], ["C", "Ho", "Wo"], body, _PLANE
     )
-    kernel = ctx.kernel("pool", pattern, src)
-    blocks, threads = ctx.grid1d(ctx.numel(args[-1]))
-    ctx.launch(kernel, blocks, threads, *args)
+    fn = ctx.kernel("pool", pattern, src)
+    blocks, threads = ctx.grid1d(ctx.numel(args[params.index("y")]))
+    ctx.launch(fn, blocks, threads, *args)
 
 
-@lowering("max_pool2d")
+def _gather(ctx, pattern: str, params: list[str], args: list, loops: list[str], prelude: str = "") -> None:
+    """Launch a kernel of one thread per input-gradient element ``gx[n, c, iy, ix]`` (the last
+    of ``args``), summing into ``acc`` what ``loops`` add over the windows covering it."""
+    gx = args[-1]
+    body = [f"acc = {SCALAR[gx.dtype]}(0.0)", *loops, "gx[n, c, iy, ix] = acc"]
+    setup = ["Ho = gy.shape[2]", "Wo = gy.shape[3]"]
+    src = prelude + per_element(", ".join(params), "gx", ["n", "c", "iy", "ix"], ["C", "H", "W"], body, setup)
+    fn = ctx.kernel("pool", pattern, src)
+    blocks, threads = ctx.grid1d(ctx.numel(gx))
+    ctx.launch(fn, blocks, threads, *args)
+
+
+def _window_gather(
+    ctx, attrs, pattern: str, params: list[str], args: list, body: list[str], prelude: str = ""
+) -> None:
+    """:func:`_gather` over pooling window ``attrs``: ``body`` runs for window (oy, ox), tap (a, e)."""
+    loops = covering(("iy", "ix"), ("oy", "ox"), ("Ho", "Wo"), body)
+    _gather(
+        ctx,
+        f"{pattern} {window_text(attrs)} ({args[-1].dtype})",
+        params,
+        args,
+        loops,
+        window_consts(attrs) + prelude,
+    )
+
+
+@lowering("max_pool2d", "max_pool2d_argmax")
 def _(ctx, node: Node) -> None:
-    x, y = node.inputs[0], node.outputs[0]
+    x, y, *am = [node.inputs[0], *node.outputs]
     body = ["best, arg = window_max(x, n, c, oy, ox)", "y[n, c, oy, ox] = best"]
-    src = window_consts(node.attrs) + _WINDOW_MAX + _PER_OUTPUT.format(params="x, y", body=indent(body, 8))
-    kernel = ctx.kernel("pool", f"max_pool2d {window_text(node.attrs)}", src)
-    blocks, threads = ctx.grid1d(ctx.numel(y))
-    ctx.launch(kernel, blocks, threads, x, y)
+    body += ["am[n, c, oy, ox] = np.uint8(arg)"] if am else []
+    params = ["x", "y", *(["am"] if am else [])]
+    _per_output(
+        ctx,
+        f"{node.op} {window_text(node.attrs)}",
+        params,
+        [x, y, *am],
+        body,
+        window_consts(node.attrs) + _over_x(window_max),
+    )
 
 
 @lowering("max_pool2d_backward")
 def _(ctx, node: Node) -> None:
     gy, x = node.inputs
-    gx = node.outputs[0]
     body = ["_, arg = window_max(x, n, c, oy, ox)", "if arg == a * KW + e:", "    acc += gy[n, c, oy, ox]"]
-    gather(
-        ctx,
-        node.attrs,
-        f"max_pool2d_backward {window_text(node.attrs)} ({gx.dtype})",
-        ["gy", "x", "gx"],
-        [gy, x, gx],
-        body,
-        gx.dtype,
-        recompute=True,
-    )
+    args = [gy, x, node.outputs[0]]
+    _window_gather(ctx, node.attrs, node.op, ["gy", "x", "gx"], args, body, _over_x(window_max))
+
+
+def argmax_backward(
+    ctx, pool: Node, gy: Value, am: Value, gx: Value, act: Node | None = None, y: Value | None = None
+) -> None:
+    """Scatter ``gy`` through the stored argmax ``am`` of ``pool``'s windows into ``gx``;
+    with ``act`` (an activation's backward op) the pooled gradient is first multiplied by the
+    activation's derivative, read off its pooled output ``y``."""
+    grad, params, args, pattern = "gy[n, c, oy, ox]", ["gy", "am", "gx"], [gy, am, gx], pool.op
+    if act is not None:
+        grad = scalar.expression(act.op, act.attrs, g=grad, s="y[n, c, oy, ox]")
+        params, args, pattern = ["gy", "y", "am", "gx"], [gy, y, am, gx], f"{act.op} -> {pattern}"
+    body = ["if am[n, c, oy, ox] == a * KW + e:", f"    acc += {grad}"]
+    _window_gather(ctx, pool.attrs, pattern, params, args, body)
+
+
+@lowering("max_pool2d_backward_argmax")
+def _(ctx, node: Node) -> None:
+    gy, am = node.inputs
+    argmax_backward(ctx, node, gy, am, node.outputs[0])
 
 
 @lowering("avg_pool2d")
 def _(ctx, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
-    body = [
-        "H = x.shape[2]",
-        "W = x.shape[3]",
-        "total = 0.0",
-        "for a in range(KH):",
-        "    iy = oy * SH - PH + a",
-        "    if iy >= 0 and iy < H:",
-        "        for e in range(KW):",
-        "            ix = ox * SW - PW + e",
-        "            if ix >= 0 and ix < W:",
-        "                total += x[n, c, iy, ix]",
-        f"y[n, c, oy, ox] = total / {avg_divisor(node.attrs, 'H', 'W', 'oy', 'ox')}",
-    ]
-    src = window_consts(node.attrs) + _PER_OUTPUT.format(params="x, y", body=indent(body, 8))
-    kernel = ctx.kernel("pool", f"avg_pool2d {window_text(node.attrs)}", src)
-    blocks, threads = ctx.grid1d(ctx.numel(y))
-    ctx.launch(kernel, blocks, threads, x, y)
+    prelude = window_consts(node.attrs) + _over_x(window_sum)
+    body = ["y[n, c, oy, ox] = window_sum(x, n, c, oy, ox) / avg_divisor(oy, ox, H, W)"]
+    pattern = f"avg_pool2d {window_text(node.attrs)}"
+    _per_output(ctx, pattern, ["x", "y"], [x, y], body, prelude + avg_divisor(node.attrs))
 
 
 @lowering("avg_pool2d_backward")
 def _(ctx, node: Node) -> None:
-    gy = node.inputs[0]
-    gx = node.outputs[0]
-    body = [f"acc += gy[n, c, oy, ox] / {SCALAR[gx.dtype]}({avg_divisor(node.attrs, 'H', 'W', 'oy', 'ox')})"]
-    gather(
-        ctx,
-        node.attrs,
-        f"avg_pool2d_backward {window_text(node.attrs)} ({gx.dtype})",
-        ["gy", "gx"],
-        [gy, gx],
-        body,
-        gx.dtype,
-    )
+    gy, gx = node.inputs[0], node.outputs[0]
+    body = [f"acc += gy[n, c, oy, ox] / {SCALAR[gx.dtype]}(avg_divisor(oy, ox, H, W))"]
+    _window_gather(ctx, node.attrs, node.op, ["gy", "gx"], [gy, gx], body, avg_divisor(node.attrs))
 
 
 # -- adaptive average pooling: window [floor(i*H/oh), ceil((i+1)*H/oh)) -------------------
-_ADAPTIVE_BODY = """\
-H = x.shape[2]
-W = x.shape[3]
-hs = (oy * H) // Ho
-he = ((oy + 1) * H + Ho - 1) // Ho
-ws = (ox * W) // Wo
-we = ((ox + 1) * W + Wo - 1) // Wo
-total = 0.0
-for iy in range(hs, he):
-    for ix in range(ws, we):
-        total += x[n, c, iy, ix]
-y[n, c, oy, ox] = total / ((he - hs) * (we - ws))"""
-
-_ADAPTIVE_BACKWARD = """
-@cuda.jit(cache=True)
-def kernel(gy, gx):
-    C = gx.shape[1]
-    H = gx.shape[2]
-    W = gx.shape[3]
-    Ho = gy.shape[2]
-    Wo = gy.shape[3]
-    i = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    while i < gx.size:
-        ix = i % W
-        q = i // W
-        iy = q % H
-        q //= H
-        c = q % C
-        n = q // C
-        acc = {DT}(0.0)
-        for oy in range(Ho):
-            hs = (oy * H) // Ho
-            he = ((oy + 1) * H + Ho - 1) // Ho
-            if iy >= hs and iy < he:
-                for ox in range(Wo):
-                    ws = (ox * W) // Wo
-                    we = ((ox + 1) * W + Wo - 1) // Wo
-                    if ix >= ws and ix < we:
-                        acc += gy[n, c, oy, ox] / {DT}((he - hs) * (we - ws))
-        gx[n, c, iy, ix] = acc
-        i += stride
-"""
+_ADAPTIVE_WINDOW = device(
+    "adaptive_window",
+    "oy, ox, H, W, Ho, Wo",
+    [
+        "hs = (oy * H) // Ho",
+        "he = ((oy + 1) * H + Ho - 1) // Ho",
+        "ws = (ox * W) // Wo",
+        "we = ((ox + 1) * W + Wo - 1) // Wo",
+        "return hs, he, ws, we, (he - hs) * (we - ws)",
+    ],
+)
 
 
 @lowering("adaptive_avg_pool2d")
 def _(ctx, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
-    src = _PER_OUTPUT.format(params="x, y", body=indent(_ADAPTIVE_BODY.split("\n"), 8))
-    kernel = ctx.kernel("pool", "adaptive_avg_pool2d", src)
-    blocks, threads = ctx.grid1d(ctx.numel(y))
-    ctx.launch(kernel, blocks, threads, x, y)
+    body = [
+        "hs, he, ws, we, size = adaptive_window(oy, ox, H, W, Ho, Wo)",
+        "total = 0.0",
+        "for iy in range(hs, he):",
+        "    for ix in range(ws, we):",
+        "        total += x[n, c, iy, ix]",
+        "y[n, c, oy, ox] = total / size",
+    ]
+    _per_output(ctx, "adaptive_avg_pool2d", ["x", "y"], [x, y], body, _ADAPTIVE_WINDOW)
 
 
 @lowering("adaptive_avg_pool2d_backward")
 def _(ctx, node: Node) -> None:
     gy, gx = node.inputs[0], node.outputs[0]
-    kernel = ctx.kernel(
-        "pool", f"adaptive_avg_pool2d_backward ({gx.dtype})", _ADAPTIVE_BACKWARD.format(DT=SCALAR[gx.dtype])
+    # the outputs whose windows hold (iy, ix) are the same formula with the planes swapped
+    loops = [
+        "ys, ye, xs, xe, _ = adaptive_window(iy, ix, Ho, Wo, H, W)",
+        "for oy in range(ys, ye):",
+        "    for ox in range(xs, xe):",
+        f"        acc += gy[n, c, oy, ox] / {SCALAR[gx.dtype]}(adaptive_window(oy, ox, H, W, Ho, Wo)[4])",
+    ]
+    _gather(
+        ctx, f"adaptive_avg_pool2d_backward ({gx.dtype})", ["gy", "gx"], [gy, gx], loops, _ADAPTIVE_WINDOW
     )
-    blocks, threads = ctx.grid1d(ctx.numel(gx))
-    ctx.launch(kernel, blocks, threads, gy, gx)
