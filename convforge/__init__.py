@@ -7,7 +7,7 @@ net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="numba-cpu")
 
 import sys as _sys
 
-from convforge import data, models
+from convforge import data, models, onnx
 from convforge.errors import ConvforgeError
 from convforge.frontend import functional, nn, optim
 from convforge.frontend.compile import CompiledModel, TrainStep, compile, compile_train
@@ -60,6 +60,7 @@ __all__ = [
     "mul",
     "neg",
     "nn",
+    "onnx",
     "optim",
     "permute",
     "reshape",

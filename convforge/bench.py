@@ -245,3 +245,97 @@ def _table(rows: list[Row], threads: int) -> str:
 
 def _fmt(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+# -- convforge bench model.onnx -----------------------------------------------------------
+def run_onnx_benchmark(
+    path: str, batch: int = 1, threads: int = 2, quick: bool = False, backend: str = "numba-cpu"
+) -> str:
+    """convforge against onnxruntime on one ``.onnx`` file, same threads, alternating blocks.
+
+    onnxruntime runs the file as convforge reads it (``convforge.onnx.importer.free_batch``:
+    a file fixed to batch 1 runs at ``batch``). The table gives medians, the compile time,
+    the largest output difference and, on numba-cpu, the kernels that take the most time.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConvforgeError("convforge bench model.onnx needs onnxruntime installed") from None
+    import convforge as cf
+    from convforge.onnx.importer import free_batch, load
+
+    model = load(path)
+    shape = (batch, *model.input_shape[1:])
+    start = time.perf_counter()
+    net = cf.compile(model, (None, *shape[1:]), backend=backend)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    ours = net(x)
+    compile_s = time.perf_counter() - start
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        free_batch(path).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    feed = {session.get_inputs()[0].name: x}
+    theirs = session.run(None, feed)[0]
+    diff = float(np.max(np.abs(ours - theirs))) / max(float(np.max(np.abs(theirs))), 1e-30)
+    single = _once(lambda: net(x))
+    inner = max(1, min(20, int(0.25 / max(single, 1e-6))))
+    reps = 3 if quick else 9
+    r = alternate({"cf": lambda: net(x), "ort": lambda: session.run(None, feed)}, reps, inner)
+    name = os.path.basename(path)
+    lines = [
+        f"| model ({threads} threads) | batch | convforge {backend} | onnxruntime | ratio | compile "
+        "| max rel diff |",
+        "|---|---|---|---|---|---|---|",
+        f"| {name} | {batch} | {_fmt(r['cf'])} | {_fmt(r['ort'])} | {r['cf'] / r['ort']:.2f} | "
+        f"{_fmt(compile_s)} | {diff:.1e} |",
+    ]
+    if r["cf"] > 3 * r["ort"]:
+        lines.append("")
+        lines.append(f"profile ({name}, batch {batch}): {kernel_profile(net, x, reps=3)}")
+    return "\n".join(lines)
+
+
+def _once(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def kernel_profile(net, x: np.ndarray, reps: int = 3, top: int = 4) -> str:
+    """The kernels of a numba-cpu model that take the most time, as shares of one call:
+    each kernel the generated driver calls is timed (median of ``reps`` calls)."""
+    executable = net._executable
+    program = getattr(executable, "program", None)
+    if program is None or not hasattr(program, "kernels"):
+        return f"no per-kernel profile on {net.backend}"
+    totals: dict[str, list[float]] = {}
+
+    def timed(label: str, fn: Callable) -> Callable:
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            totals.setdefault(label, []).append(time.perf_counter() - start)
+            return out
+
+        return call
+
+    kernels = tuple(timed(k.label, k.dispatcher) for k in program.kernels)
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    inputs = {v.name: net._store.arrays[v.name] for v in net.graph.inputs if v.name != "x"}
+    inputs["x"] = arr
+    batch = executable.check(inputs)
+    arrays = [inputs[v.name] for v in executable.graph.inputs]
+    _, views = executable._bind(batch)
+    outs = [np.empty(v.type.concrete(batch), dtype=v.type.np_dtype) for v in executable.graph.outputs]
+    walls = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        program.run(batch, arrays, views, outs, kernels)
+        walls.append(time.perf_counter() - start)
+    wall = float(np.median(walls))
+    per_label = sorted(((sum(v) / reps, k) for k, v in totals.items()), reverse=True)
+    shown = ", ".join(f"{label} {t / wall:.0%}" for t, label in per_label[:top])
+    return f"{_fmt(wall)} per call; {shown}"

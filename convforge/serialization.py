@@ -8,8 +8,11 @@ is always a complete save, the new one or (if the save was interrupted) the prev
 
 from __future__ import annotations
 
+import lzma
+import math
 import os
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,9 +22,15 @@ import numpy as np
 
 from convforge.errors import SerializationError
 from convforge.fileio import atomic_write
+from convforge.ir.types import MAX_ELEMENTS
 
 OPTIMIZER_PREFIX = "optimizer/"
 FORMATS = (".npz", ".safetensors")
+#: the largest optimizer step counter a file may hold: the counter is an int64 that every
+#: training step increments
+MAX_STEP = 2**62
+#: what reading a damaged zip member raises (zipfile, its decompressors, numpy's header parser)
+_DECODING_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
 
 
 def save(obj: Any, path: str | os.PathLike) -> Path:
@@ -77,9 +86,10 @@ def load(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:
         from safetensors.numpy import load_file
 
         try:
-            return OrderedDict(load_file(str(path)))
+            arrays = OrderedDict(load_file(str(path)))
         except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad file
             raise SerializationError(f"cannot read {path} as safetensors: {exc}") from None
+        return _checked(path, arrays)
     raise SerializationError(
         f"unknown weights format {suffix or '(none)'} for {path}; use .npz or .safetensors"
     )
@@ -93,24 +103,96 @@ def split_state(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray]
 
 
 def _load_npz(path: Path) -> OrderedDict[str, np.ndarray]:
+    """Every member of the zip must be a ``.npy`` array of a numeric dtype, no larger than a
+    tensor may be and no larger than the bytes the member holds (checked from its header
+    before anything is allocated); anything else is a SerializationError naming the member."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise SerializationError(f"{path} is a single .npy array, not an .npz archive; save it with cf.save")
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     try:
-        with np.load(path, allow_pickle=False) as data:
-            for key in data.files:
-                try:
-                    arr = data[key]
-                except ValueError as exc:  # object arrays need pickle: refused
-                    raise SerializationError(
-                        f"{path}: entry {key!r} holds Python objects (it would need pickle to load); refused"
-                    ) from exc
-                if arr.dtype.kind not in "fiub":
-                    raise SerializationError(
-                        f"{path}: entry {key!r} has non-numeric dtype {arr.dtype}; refused"
-                    )
-                out[key] = arr
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # ValueError: pickled data
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                key = _npz_key(path, info.filename)
+                if key in out:
+                    raise SerializationError(f"{path}: entry {key!r} appears twice; refused")
+                out[key] = _read_member(path, zf, info, key)
+    except (*_DECODING_ERRORS, zipfile.LargeZipFile) as exc:
         raise SerializationError(f"cannot read {path} as .npz: {exc}") from None
-    return out
+    return _checked(path, out)
+
+
+def _npz_key(path: Path, member: str) -> str:
+    if not member.endswith(".npy"):
+        raise SerializationError(f"{path}: member {member!r} is not a .npy array; refused")
+    return member[: -len(".npy")]
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> np.ndarray:
+    where = f"{path}: entry {key!r}"
+    try:
+        member = zf.open(info)
+    except NotImplementedError as exc:  # a compression method zipfile cannot decompress
+        raise SerializationError(
+            f"{where} uses an unsupported zip compression (method {info.compress_type}): {exc}"
+        ) from None
+    with member:
+        fmt = np.lib.format
+        try:
+            version = fmt.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(member)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = fmt.read_array_header_2_0(member)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except (*_DECODING_ERRORS, SyntaxError, TypeError) as exc:
+            raise SerializationError(f"{where} has no valid .npy header: {exc}") from None
+        if dtype.hasobject:
+            raise SerializationError(f"{where} holds Python objects (it would need pickle to load); refused")
+        if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
+            raise SerializationError(f"{where} has non-numeric dtype {dtype}; refused")
+        count = math.prod(shape)
+        if count > MAX_ELEMENTS:
+            raise SerializationError(
+                f"{where} declares shape {list(shape)} ({count} elements), more than the limit "
+                f"of {MAX_ELEMENTS} elements per tensor; refused"
+            )
+        held = info.file_size - member.tell()
+        if count * dtype.itemsize > held:
+            raise SerializationError(
+                f"{where} is truncated: its header declares shape {list(shape)} of {dtype} "
+                f"({count * dtype.itemsize} bytes), but the member holds {max(held, 0)}"
+            )
+        try:
+            data = member.read(count * dtype.itemsize)
+        except _DECODING_ERRORS as exc:  # e.g. a bad CRC, a damaged deflate stream
+            raise SerializationError(f"{where} is damaged: {exc}") from None
+    if len(data) != count * dtype.itemsize:
+        raise SerializationError(
+            f"{where} is truncated: expected {count * dtype.itemsize} bytes, got {len(data)}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=count)
+    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    return np.array(arr, dtype=dtype.newbyteorder("="), order="C")  # a native, writable copy
+
+
+def _checked(path: Path, arrays: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+    """What every format must satisfy: numeric arrays, and an optimizer step counter that the
+    next steps cannot overflow."""
+    for key, arr in arrays.items():
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
+            raise SerializationError(f"{path}: entry {key!r} has non-numeric dtype {arr.dtype}; refused")
+    step = arrays.get(OPTIMIZER_PREFIX + "step")
+    if step is not None:
+        if step.shape != () or step.dtype.kind not in "iu" or not 0 <= int(step) <= MAX_STEP:
+            shown = step.tolist() if step.size <= 4 else f"an array of shape {list(step.shape)}"
+            raise SerializationError(
+                f"{path}: entry {OPTIMIZER_PREFIX + 'step'!r} must be an integer in [0, 2**62], "
+                f"got {shown!r} ({step.dtype})"
+            )
+    return arrays
 
 
 def _collect(obj: Any) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""What ``convforge show`` prints: a zoo model's IR after any pass, and its generated code."""
+"""What ``convforge show`` prints: a zoo model's (or an ``.onnx`` file's) IR after any pass,
+and its generated code."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def model_graph(
     backend: str | None = None,
     want_source: bool = False,
 ) -> tuple[Graph, str]:
-    """The IR of zoo model ``name`` (after pass ``after``, or after all passes) and its source."""
-    model, shape = get_model(name)
+    """The IR of zoo model ``name`` or ONNX file ``name`` (after pass ``after``, or after all
+    passes) and its source."""
+    model, shape = model_and_shape(name)
     backend = resolve(backend)
     if training:
         if after is not None:
@@ -45,3 +47,13 @@ def model_graph(
     graph, _ = trace_model(model, TensorType("f32", ("N", *shape)), training=False)
     PassManager(passes[: names.index(after) + 1]).run(graph)
     return graph, ""
+
+
+def model_and_shape(name: str) -> tuple:
+    """A zoo model and its input shape without the batch, or the model of an ``.onnx`` file."""
+    if not name.lower().endswith(".onnx"):
+        return get_model(name)
+    from convforge.onnx import load
+
+    model = load(name)
+    return model, tuple(model.input_shape[1:])

@@ -21,6 +21,15 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile("dev", deadline=None, max_examples=100)
+# the fuzz suite by hand (tests/fuzz/conftest.py): random seeds, and tests/fuzz scales its
+# max_examples up (harness.examples); other tests run 100 examples
+settings.register_profile(
+    "fuzz-long",
+    deadline=None,
+    max_examples=100,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

@@ -97,7 +97,8 @@ def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path, monkeypatch):
     result = training.train(config, log=lambda _: None)
     assert result.interrupted and len(result.history) == 1
     assert cf.load(tmp_path / "weights.npz")["optimizer/step"] == 4  # 128 images / 32 per step
-    assert (
+    # --epochs 0 would train nothing and overwrite history.json with []: refused (issue 12)
+    with pytest.raises(SystemExit) as refused:
         main(
             [
                 "train",
@@ -110,5 +111,4 @@ def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path, monkeypatch):
                 "--no-progress",
             ]
         )
-        == 0
-    )
+    assert refused.value.code == 2 and not (tmp_path / "none").exists()

@@ -51,7 +51,16 @@ def _convert(m: nn.Module) -> torch.nn.Module:
     if isinstance(m, nn.Linear):
         return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     if isinstance(m, nn.MaxPool2d):
-        return tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
+        return tnn.MaxPool2d(
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            return_indices=m.return_indices,
+            ceil_mode=m.ceil_mode,
+        )
+    if isinstance(m, nn.MaxUnpool2d):
+        return tnn.MaxUnpool2d(m.kernel_size, m.stride, m.padding)
     if isinstance(m, nn.AvgPool2d):
         return tnn.AvgPool2d(
             m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override
@@ -82,6 +91,8 @@ def _convert(m: nn.Module) -> torch.nn.Module:
         return tnn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None)
     if isinstance(m, nn.GroupNorm):
         return tnn.GroupNorm(m.num_groups, m.num_channels, m.eps, m.affine)
+    if isinstance(m, nn.Upsample):
+        return tnn.Upsample(m.size, m.scale_factor, m.mode, m.align_corners, m.recompute_scale_factor)
     if isinstance(m, nn.Dropout):
         return tnn.Dropout(m.p)
     if isinstance(m, nn.Flatten):

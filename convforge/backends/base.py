@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -21,7 +23,7 @@ import numpy as np
 from convforge.errors import ConvforgeError, DTypeError, ShapeError
 from convforge.ir.graph import Graph, Value
 from convforge.ir.ops import registry
-from convforge.ir.types import BATCH
+from convforge.ir.types import BATCH, MAX_ELEMENTS
 from convforge.passes import PassManager
 
 #: update ops that read element i of the parameter and its state before writing element i,
@@ -249,7 +251,72 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> int:
                     )
             elif want != got:
                 raise ShapeError(f"input %{v.name}: expected shape {v.type}, got {list(arr.shape)}")
-    return 1 if batch is None else batch
+    batch = 1 if batch is None else batch
+    check_batch(graph, batch)
+    return batch
+
+
+def check_batch(graph: Graph, batch: int) -> None:
+    """The checks that depend on the batch size, shared by every backend before any kernel:
+
+    * every value of the graph holds at most ``MAX_ELEMENTS`` elements for this batch (the
+      compile-time bound counts ``N`` as 1; ``docs/design.md``, "Limits");
+    * an op with the :attr:`Op.batch_stats` fact (``batch_norm_train``) sees more than one
+      value per channel, as PyTorch requires ("Expected more than 1 value per channel when
+      training"): a kernel would otherwise divide by ``count - 1 = 0``.
+    """
+    largest, stats = _batch_facts(graph)
+    if largest is not None and batch * largest[0] > MAX_ELEMENTS:
+        per_image, value, where = largest
+        raise ShapeError(
+            f"{where}: batch size {batch} makes %{value.name} ({value.type}) hold "
+            f"{batch * per_image} elements, more than the limit of {MAX_ELEMENTS} (2**31 - 1) "
+            f"per tensor; use a batch of at most {MAX_ELEMENTS // per_image}"
+        )
+    for per_item, t, where in stats:
+        if batch * per_item <= 1:
+            shape = [batch if d == BATCH else d for d in t.shape]
+            raise ShapeError(
+                f"{where}: expected more than 1 value per channel when training, got input shape "
+                f"{shape} (batch size {batch})"
+            )
+
+
+#: graph -> (node count when computed, facts): the facts are computed once per graph
+_BATCH_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _batch_facts(graph: Graph) -> tuple[tuple[int, Value, str] | None, list[tuple[int, Any, str]]]:
+    """The graph value with the most elements per batch item (and the node that makes it),
+    and the inputs of ``batch_stats`` ops (regions included) that have a batch dimension."""
+    cached = _BATCH_FACTS.get(graph)
+    if cached is not None and cached[0] == len(graph.nodes):
+        return cached[1]
+    largest: tuple[int, Value, str] | None = None
+    candidates = [(v, f"input %{v.name}") for v in graph.inputs]
+    candidates += [(v, node.describe()) for node in graph.nodes for v in node.outputs]
+    for v, where in candidates:
+        if BATCH in v.type.shape:
+            per_image = math.prod(1 if d == BATCH else d for d in v.type.shape)
+            if largest is None or per_image > largest[0]:
+                largest = (per_image, v, where)
+    stats: list[tuple[int, Any, str]] = []
+
+    def scan(g: Graph, where: str | None) -> None:
+        for node in g.nodes:
+            op = registry.get(node.op)
+            for i in op.batch_stats:
+                t = node.inputs[i].type
+                if t.shape and t.shape[0] == BATCH:
+                    per_item = math.prod(1 if d == BATCH else d for d in t.shape[2:])
+                    stats.append((per_item, t, where or node.describe()))
+            if op.region and node.region is not None:
+                scan(node.region, where or node.describe())
+
+    scan(graph, None)
+    facts = (largest, stats)
+    _BATCH_FACTS[graph] = (len(graph.nodes), facts)
+    return facts
 
 
 def label_inputs(graph: Graph) -> list[tuple[str, int]]:

@@ -10,12 +10,13 @@ backend) and cached::
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from convforge.errors import AttributeValueError, ConvforgeError, DTypeError, ShapeError
+from convforge.errors import AttributeValueError, ConvforgeError, DTypeError, ShapeError, wrap_error
 from convforge.frontend import trace
 from convforge.ir.graph import Graph
 from convforge.ir.ops.common import int_tuple
@@ -46,12 +47,14 @@ __all__ = [
     "hardsigmoid",
     "hardswish",
     "hardtanh",
+    "interpolate",
     "layer_norm",
     "leaky_relu",
     "linear",
     "local_response_norm",
     "log_softmax",
     "max_pool2d",
+    "max_unpool2d",
     "mean",
     "mish",
     "mse_loss",
@@ -74,6 +77,7 @@ __all__ = [
     "tanh",
     "transpose",
     "unsqueeze",
+    "upsample",
 ]
 
 
@@ -121,12 +125,13 @@ def _conv(
     backend: str | None,
 ) -> Tensor:
     kernel = tuple(_shape_of(weight))[2:]
+    where = _where(op)
     pad = resolve_padding(
         padding,
         kernel,
-        int_tuple("dilation", dilation, dims, minimum=None, where=op),
-        int_tuple("stride", stride, dims, minimum=None, where=op),
-        op,
+        int_tuple("dilation", dilation, dims, minimum=None, where=where),
+        int_tuple("stride", stride, dims, minimum=None, where=where),
+        where,
     )
     attrs = {"stride": stride, "padding": pad, "dilation": dilation, "groups": groups}
     tensors = [input, weight] + ([bias] if bias is not None else [])
@@ -163,9 +168,12 @@ def max_pool2d(
     padding: Any = 0,
     dilation: Any = 1,
     ceil_mode: bool = False,
+    return_indices: bool = False,
     *,
     backend: str | None = None,
 ) -> Tensor:
+    """Max pooling; with ``return_indices`` also each window's maximum as a flat index into its
+    input plane (int64), which ``max_unpool2d`` takes."""
     attrs = {
         "kernel_size": kernel_size,
         "stride": stride,
@@ -173,7 +181,7 @@ def max_pool2d(
         "dilation": dilation,
         "ceil_mode": ceil_mode,
     }
-    return _call("max_pool2d", [input], attrs, backend)
+    return _call("max_pool2d_with_indices" if return_indices else "max_pool2d", [input], attrs, backend)
 
 
 def avg_pool2d(
@@ -259,7 +267,9 @@ def dropout(
     every backend draws the same mask for the same seed and step.
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise AttributeValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+        raise AttributeValueError(
+            f"{_where('dropout')}: dropout probability has to be between 0 and 1, but got {p!r}"
+        )
     if not training or p == 0.0:
         return input
     tracer = trace.active()
@@ -423,7 +433,19 @@ def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1, *, backend: st
 def reshape(input: Tensor, shape: Sequence[Any], *, backend: str | None = None) -> Tensor:
     """Reshape; one dim may be -1 (inferred); while tracing the leading dimension may be
     written -1 or "N" for the batch."""
-    return _call("reshape", [input], {"shape": trace.reshape_target(_shape_of(input), shape)}, backend)
+    dims_ok = isinstance(shape, (tuple, list)) and all(
+        d == "N" if isinstance(d, str) else isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+        for d in shape
+    )
+    if not dims_ok:
+        raise AttributeValueError(
+            f"{_where('reshape')}: shape must be a tuple of ints (one may be -1), got {shape!r}"
+        )
+    try:
+        target = trace.reshape_target(_shape_of(input), shape)
+    except ConvforgeError as exc:
+        raise wrap_error(exc, _where("reshape")) from None
+    return _call("reshape", [input], {"shape": target}, backend)
 
 
 def squeeze(input: Tensor, dim: Any = None, *, backend: str | None = None) -> Tensor:
@@ -485,9 +507,21 @@ def _call(op: str, tensors: list, attrs: dict, backend: str | None, names: Seque
     from convforge.backends import resolve
 
     types = tuple(TensorType(dtype_name(a.dtype), a.shape) for a in arrays)
-    program = _eager_program(op, _hashable(attrs), types, resolve(backend))
+    key = _hashable(attrs)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable attribute value ({} for a size): the op's check names it
+        program = _eager_program.__wrapped__(op, key, types, resolve(backend))
+    else:
+        program = _eager_program(op, key, types, resolve(backend))
     outs = program.run({f"in{i}": a for i, a in enumerate(arrays)})
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _where(op: str) -> str:
+    """How an error names this call: the layer being traced, or ``F.<op>`` when eager."""
+    tracer = trace.active()
+    return tracer.where() if tracer is not None else f"F.{op}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -502,7 +536,13 @@ def _eager_program(op: str, attrs: tuple, types: tuple[TensorType, ...], backend
 
 
 def _hashable(attrs: dict) -> tuple:
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items())
+    """The attributes as a cache key: lists (nested too) become tuples; any other value is
+    kept as given, so an unhashable one reaches the op's own check (see ``_call``)."""
+    return tuple((k, _frozen(v)) for k, v in attrs.items())
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _as_array(obj: Any, name: str, op: str) -> np.ndarray:
@@ -514,7 +554,7 @@ def _as_array(obj: Any, name: str, op: str) -> np.ndarray:
         raise DTypeError(f"F.{op}: {name} must be a numeric array, got {type(obj).__name__}: {exc}") from None
     if arr.dtype.kind not in "fiub":
         raise DTypeError(f"F.{op}: {name} must be a numeric array, got dtype {arr.dtype}")
-    if arr.dtype.kind in "iub" and name not in ("target", "step"):
+    if arr.dtype.kind in "iub" and name not in ("target", "step", "indices"):
         arr = arr.astype(np.float32)
     elif arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
@@ -764,3 +804,110 @@ def _affine(op: str, weight: Tensor | None, bias: Tensor | None, shape: Any, inp
             raise ConvforgeError(f"{tracer.where()}: F.{op} with a bias but no weight cannot be traced")
         weight = np.ones(shape, np.asarray(input).dtype)
     return [weight, bias]
+
+
+# -- interpolation -----------------------------------------------------------------------------
+def interpolate(
+    input: Tensor,
+    size: Any = None,
+    scale_factor: Any = None,
+    mode: str = "nearest",
+    align_corners: bool | None = None,
+    recompute_scale_factor: bool | None = None,
+    antialias: bool = False,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Resize NCHW input to ``size`` or by ``scale_factor`` (``nearest``, ``nearest-exact``,
+    ``bilinear``), with PyTorch's coordinates and output size ``floor(in * scale_factor)``."""
+    where = "F.interpolate"
+    shape = _shape_of(input)
+    if mode not in ("nearest", "nearest-exact", "bilinear"):
+        raise AttributeValueError(
+            f"{where}: mode must be 'nearest', 'nearest-exact' or 'bilinear' (the modes convforge "
+            f"runs), got {mode!r}"
+        )
+    if len(shape) != 4:
+        raise ShapeError(f"{where}: expected input [N,C,H,W] of rank 4, got shape {list(shape)}")
+    if antialias:
+        raise AttributeValueError(f"{where}: antialias=True is not supported")
+    if align_corners is not None and mode != "bilinear":
+        raise AttributeValueError(
+            f"{where}: align_corners applies to mode 'bilinear' only (as PyTorch), got mode {mode!r}"
+        )
+    if (size is None) == (scale_factor is None):
+        raise AttributeValueError(f"{where}: give exactly one of size and scale_factor")
+    scales = None
+    if size is not None:
+        out = int_tuple("size", size, 2, where=where)
+    else:
+        factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * 2
+        if len(factors) != 2 or any(
+            isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0 for f in factors
+        ):
+            raise AttributeValueError(
+                f"{where}: scale_factor must be a positive number or a pair, got {scale_factor!r}"
+            )
+        out = tuple(int(math.floor(float(n) * float(f))) for n, f in zip(shape[2:], factors))
+        if min(out) < 1:
+            raise ShapeError(
+                f"{where}: scale_factor {scale_factor!r} gives an empty output {list(out)} "
+                f"for input {list(shape)}"
+            )
+        scales = None if recompute_scale_factor else tuple(float(f) for f in factors)
+    attrs = {"size": out, "mode": mode, "align_corners": bool(align_corners), "scales": scales}
+    return _call("interpolate", [input], attrs, backend)
+
+
+def upsample(
+    input: Tensor,
+    size: Any = None,
+    scale_factor: Any = None,
+    mode: str = "nearest",
+    align_corners: bool | None = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """The deprecated name of :func:`interpolate`, as in PyTorch."""
+    return interpolate(input, size, scale_factor, mode, align_corners, backend=backend)
+
+
+# -- max unpooling ----------------------------------------------------------------------------
+def max_unpool2d(
+    input: Tensor,
+    indices: Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    output_size: Any = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """The partial inverse of ``max_pool2d(return_indices=True)``: zeros with each value written
+    at its index. The output size is ``(in - 1) * stride - 2 * padding + kernel_size``, or
+    ``output_size`` (its last two entries), which must lie within ``stride`` of it, as PyTorch."""
+    where = "F.max_unpool2d"
+    shape = _shape_of(input)
+    if len(shape) != 4:
+        raise ShapeError(f"{where}: expected input [N,C,H,W] of rank 4, got shape {list(shape)}")
+    kernel = int_tuple("kernel_size", kernel_size, 2, where=where)
+    strides = kernel if stride is None else int_tuple("stride", stride, 2, where=where)
+    pads = int_tuple("padding", padding, 2, minimum=0, where=where)
+    default = tuple((n - 1) * s - 2 * p + k for n, s, p, k in zip(shape[2:], strides, pads, kernel))
+    size = default
+    if output_size is not None:
+        size = int_tuple("output_size", tuple(output_size)[-2:], 2, where=where)
+        for got, d, s in zip(size, default, strides):
+            if not d - s < got < d + s:
+                raise ShapeError(
+                    f"{where}: output_size {list(size)} must lie strictly within stride {list(strides)} "
+                    f"of the default size {list(default)}"
+                )
+    if trace.active() is None:
+        flat = np.asarray(indices)
+        if flat.size and (flat.min() < 0 or flat.max() >= size[0] * size[1]):
+            raise ShapeError(
+                f"{where}: indices must lie in [0, {size[0] * size[1]}) (planes of {list(size)}), "
+                f"got values in [{int(flat.min())}, {int(flat.max())}]"
+            )
+    return _call("max_unpool2d", [input, indices], {"output_size": size}, backend, ("input", "indices"))

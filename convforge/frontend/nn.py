@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from convforge.errors import AttributeValueError, ConvforgeError, StateDictError
+from convforge.errors import AttributeValueError, ConvforgeError, StateDictError, wrap_error
 from convforge.frontend import functional as F
 from convforge.frontend import trace
 from convforge.ir.ops import registry
 from convforge.ir.ops.common import int_tuple
+from convforge.ir.types import check_elements
 from convforge.serialization import OPTIMIZER_PREFIX
 
 _rng = np.random.default_rng(0)
@@ -229,6 +230,15 @@ def check_state_dict(
             )
         if not np.all(np.isfinite(arr)) and arr.dtype.kind == "f":
             raise StateDictError(f"{owner}: entry {key!r} holds NaN or infinite values")
+        if target.dtype.kind == "f" and arr.size and arr.dtype.kind in "fiu":
+            # 1e300 is finite in float64 but infinite once copied into float32
+            limit = float(np.finfo(target.dtype).max)
+            biggest = float(np.max(np.abs(arr)))
+            if biggest > limit:
+                raise StateDictError(
+                    f"{owner}: entry {key!r} holds values beyond the {target.dtype} range "
+                    f"(|value| up to {biggest:g}, the largest {target.dtype} is {limit:g})"
+                )
         out[key] = arr
     return out
 
@@ -312,8 +322,19 @@ class ModuleList(Module):
 # =========================================================================================
 # Layers
 # =========================================================================================
-def _uniform(shape: tuple[int, ...], bound: float) -> Parameter:
+def _uniform(shape: tuple[int, ...], bound: float, where: str = "parameter") -> Parameter:
+    _bounded(shape, where)
     return Parameter(_rng.uniform(-bound, bound, size=shape).astype(np.float32))
+
+
+def _bounded(shape: tuple[int, ...], where: str, what: str = "parameter") -> tuple[int, ...]:
+    """``shape``, refused (a ShapeError naming ``where``) before anything is allocated when it
+    would exceed the per-tensor limit (``ir.types.MAX_ELEMENTS``)."""
+    try:
+        check_elements(shape, what)
+    except ConvforgeError as exc:
+        raise wrap_error(exc, where) from None
+    return shape
 
 
 #: Conv padding modes, as PyTorch's (``"zeros"`` pads inside the convolution)
@@ -365,11 +386,12 @@ class _ConvNd(Module):
         pads = F.resolve_padding(self.padding, self.kernel_size, self.dilation, self.stride, name)
         attrs = {"stride": self.stride, "padding": pads, "dilation": self.dilation, "groups": groups}
         registry.get(f"conv{n}d").normalize(attrs, where=name)
-        fan_in = in_channels // groups * int(np.prod(self.kernel_size))
+        _bounded((out_channels, in_channels // groups, *self.kernel_size), name, "weight")
+        fan_in = in_channels // groups * math.prod(self.kernel_size)
         bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)), PyTorch's default
-        self.weight = _uniform((out_channels, in_channels // groups, *self.kernel_size), bound)
+        self.weight = _uniform((out_channels, in_channels // groups, *self.kernel_size), bound, name)
         if bias:
-            self.bias = _uniform((out_channels,), bound)
+            self.bias = _uniform((out_channels,), bound, name)
         else:
             self.register_parameter("bias", None)
 
@@ -384,7 +406,7 @@ class _ConvNd(Module):
         )
         lo, hi = (pads, pads) if len(pads) == n else (pads[:n], pads[n:])
         flat = [p for d in reversed(range(n)) for p in (lo[d], hi[d])]
-        return F.pad(x, flat, mode=self.padding_mode), 0
+        return (F.pad(x, flat, mode=self.padding_mode) if any(flat) else x), 0
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -541,10 +563,11 @@ class ConvTranspose2d(Module):
         }
         registry.get("conv_transpose2d").normalize(attrs, where=name)
         # kaiming_uniform(a=sqrt(5)) as PyTorch: the fan-in of a transposed weight is dim 1
-        bound = 1.0 / math.sqrt(out_channels // groups * int(np.prod(self.kernel_size)))
-        self.weight = _uniform((in_channels, out_channels // groups, *self.kernel_size), bound)
+        _bounded((in_channels, out_channels // groups, *self.kernel_size), name, "weight")
+        bound = 1.0 / math.sqrt(out_channels // groups * math.prod(self.kernel_size))
+        self.weight = _uniform((in_channels, out_channels // groups, *self.kernel_size), bound, name)
         if bias:
-            self.bias = _uniform((out_channels,), bound)
+            self.bias = _uniform((out_channels,), bound, name)
         else:
             self.register_parameter("bias", None)
 
@@ -582,10 +605,11 @@ class Linear(Module):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise AttributeValueError(f"Linear: {label} must be a positive int, got {v!r}")
         self.in_features, self.out_features = in_features, out_features
+        _bounded((out_features, in_features), "Linear", "weight")
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = _uniform((out_features, in_features), bound)
+        self.weight = _uniform((out_features, in_features), bound, "Linear")
         if bias:
-            self.bias = _uniform((out_features,), bound)
+            self.bias = _uniform((out_features,), bound, "Linear")
         else:
             self.register_parameter("bias", None)
 
@@ -609,17 +633,35 @@ class MaxPool2d(Module):
         ceil_mode: bool = False,
     ) -> None:
         super().__init__()
-        if return_indices:
-            raise AttributeValueError("MaxPool2d: return_indices=True is not supported")
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.dilation, self.ceil_mode = dilation, ceil_mode
+        self.dilation, self.ceil_mode, self.return_indices = dilation, ceil_mode, bool(return_indices)
         _validate_pool(self)
 
     def forward(self, x: Any) -> Any:
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        """The pooled values, or with ``return_indices`` the pair (values, int64 indices)."""
+        return F.max_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.return_indices
+        )
 
     def extra_repr(self) -> str:
         return _pool_repr(self)
+
+
+class MaxUnpool2d(Module):
+    """The partial inverse of ``MaxPool2d(return_indices=True)``: ``unpool(x, indices)``."""
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
+        super().__init__()
+        name = "MaxUnpool2d"
+        self.kernel_size = int_tuple("kernel_size", kernel_size, 2, bound="positive", where=name)
+        self.stride = self.kernel_size if stride is None else int_tuple("stride", stride, 2, where=name)
+        self.padding = int_tuple("padding", padding, 2, minimum=0, where=name)
+
+    def forward(self, x: Any, indices: Any, output_size: Any = None) -> Any:
+        return F.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class AvgPool2d(Module):
@@ -710,6 +752,53 @@ class AdaptiveMaxPool2d(Module):
         return f"output_size={self.output_size}"
 
 
+class Upsample(Module):
+    """Resize by ``scale_factor`` or to ``size`` (``nearest``, ``nearest-exact``, ``bilinear``)."""
+
+    def __init__(
+        self,
+        size: Any = None,
+        scale_factor: Any = None,
+        mode: str = "nearest",
+        align_corners: bool | None = None,
+        recompute_scale_factor: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in ("nearest", "nearest-exact", "bilinear"):
+            raise AttributeValueError(
+                f"Upsample: mode must be 'nearest', 'nearest-exact' or 'bilinear', got {mode!r}"
+            )
+        if (size is None) == (scale_factor is None):
+            raise AttributeValueError("Upsample: give exactly one of size and scale_factor")
+        if align_corners is not None and mode != "bilinear":
+            raise AttributeValueError(
+                f"Upsample: align_corners applies to mode 'bilinear' only, got {mode!r}"
+            )
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
+        self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
+
+    def forward(self, x: Any) -> Any:
+        return F.interpolate(
+            x, self.size, self.scale_factor, self.mode, self.align_corners, self.recompute_scale_factor
+        )
+
+    def extra_repr(self) -> str:
+        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        return f"{what}, mode={self.mode!r}"
+
+
+class UpsamplingNearest2d(Upsample):
+    def __init__(self, size: Any = None, scale_factor: Any = None) -> None:
+        super().__init__(size, scale_factor, "nearest")
+
+
+class UpsamplingBilinear2d(Upsample):
+    """Bilinear with ``align_corners=True``, as PyTorch's."""
+
+    def __init__(self, size: Any = None, scale_factor: Any = None) -> None:
+        super().__init__(size, scale_factor, "bilinear", align_corners=True)
+
+
 class _BatchNorm(Module):
     _ranks: tuple[int, ...] = (4,)
 
@@ -727,11 +816,12 @@ class _BatchNorm(Module):
             raise AttributeValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
         if not affine or not track_running_stats:
             raise AttributeValueError(f"{name}: only affine=True, track_running_stats=True is supported")
-        if not isinstance(eps, (int, float)) or eps <= 0:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:  # NaN too
             raise AttributeValueError(f"{name}: eps must be > 0, got {eps!r}")
         if not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
             raise AttributeValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
         self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
+        _bounded((num_features,), name, "weight")
         self.weight = Parameter(np.ones(num_features, np.float32))
         self.bias = Parameter(np.zeros(num_features, np.float32))
         self.register_buffer("running_mean", np.zeros(num_features, np.float32))
@@ -805,6 +895,7 @@ class LayerNorm(Module):
         self.normalized_shape, self.eps = attrs["normalized_shape"], attrs["eps"]
         self.elementwise_affine = elementwise_affine
         if elementwise_affine:
+            _bounded(tuple(self.normalized_shape), "LayerNorm", "weight")
             self.weight = Parameter(np.ones(self.normalized_shape, np.float32))
             if bias:
                 self.bias = Parameter(np.zeros(self.normalized_shape, np.float32))
@@ -842,6 +933,7 @@ class GroupNorm(Module):
             affine,
         )
         if affine:
+            _bounded((num_channels,), "GroupNorm", "weight")
             self.weight = Parameter(np.ones(num_channels, np.float32))
             self.bias = Parameter(np.zeros(num_channels, np.float32))
         else:

@@ -3,6 +3,12 @@
 An optimizer here is a description: ``compile_train`` turns it into one IR update node
 per parameter (``sgd_update`` / ``adam_update``), so the update runs inside the compiled
 training step.
+
+Defaults are torch 2.x's: ``SGD(lr=1e-3)``, ``Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)``.
+Every setting is checked when the optimizer is built: NaN is refused everywhere (as
+``torch.optim.Adam`` does; ``torch.optim.SGD`` would accept a NaN and train to NaN), ranges
+are torch's (``0 <= beta < 1``; ``dampening`` in ``[0, 1]``), and an infinity that torch
+accepts (``lr``, ``eps``, ``momentum``, ``weight_decay``) runs as IEEE arithmetic says.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from convforge.errors import ConvforgeError
+from convforge.errors import AttributeValueError, ConvforgeError
 
 
 @dataclasses.dataclass
@@ -40,7 +46,7 @@ class SGD(Optimizer):
     op: ClassVar[str] = "sgd_update"
     state: ClassVar[tuple[str, ...]] = ("momentum_buffer",)
 
-    lr: float = 0.01
+    lr: float = 1e-3  # torch.optim.SGD's default since torch 2.x
     momentum: float = 0.0
     dampening: float = 0.0
     weight_decay: float = 0.0
@@ -70,7 +76,7 @@ class Adam(Optimizer):
 
     def attrs(self) -> dict[str, Any]:
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
-            raise ConvforgeError(f"optim.Adam: betas must be a pair of floats, got {self.betas!r}")
+            raise AttributeValueError(f"optim.Adam: betas must be a pair of floats, got {self.betas!r}")
         return {
             "lr": self.lr,
             "beta1": self.betas[0],

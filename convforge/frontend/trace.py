@@ -323,9 +323,9 @@ def arithmetic(op: str, input: Any, other: Any, emit: Emit) -> Any:
 
 def _dim(dim: Any, rank: int, what: str = "dim") -> int:
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-        raise ShapeError(f"{what} must be an int, got {dim!r}")
+        raise _error(f"{what} must be an int, got {dim!r}")
     if not -rank <= dim < max(rank, 1):
-        raise ShapeError(f"{what} {dim} is out of range for rank {rank} (expected [{-rank}, {rank - 1}])")
+        raise _error(f"{what} {dim} is out of range for rank {rank} (expected [{-rank}, {rank - 1}])")
     return int(dim) % max(rank, 1)
 
 
@@ -339,7 +339,7 @@ def reduction(shape: Sequence[Any], dim: Any, keepdim: bool, what: str) -> dict:
         items = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
         dims = tuple(_dim(d, rank) for d in items)
         if len(set(dims)) != len(dims):
-            raise ShapeError(f"{what}: dim {tuple(items)} names a dimension twice")
+            raise _error(f"{what}: dim {tuple(items)} names a dimension twice")
     return {"dims": dims, "keepdim": bool(keepdim)}
 
 
@@ -365,7 +365,7 @@ def permutation(rank: int, dims: Sequence[Any]) -> tuple[int, ...]:
     """``dims`` (negative ones allowed) as a permutation of ``0..rank-1``."""
     perm = tuple(_dim(d, rank) for d in dims)
     if sorted(perm) != list(range(rank)):
-        raise ShapeError(f"permute dims {tuple(dims)} are not a permutation of the {rank} dims")
+        raise _error(f"permute dims {tuple(dims)} are not a permutation of the {rank} dims")
     return perm
 
 
@@ -381,15 +381,15 @@ def split_bounds(size: Any, split_size_or_sections: Any, dim: int) -> list[tuple
     """``(start, stop)`` of each piece of torch.split: pieces of ``split_size_or_sections``
     (the last may be smaller), or the listed sizes (which must add up to ``size``)."""
     if size == BATCH:
-        raise ShapeError("split along the batch dimension N is not supported")
+        raise _error("split along the batch dimension N is not supported")
     if isinstance(split_size_or_sections, (tuple, list)):
         sizes = [int(s) for s in split_size_or_sections]
         if sum(sizes) != size or any(s < 0 for s in sizes):
-            raise ShapeError(f"split sections {sizes} do not add up to {size}, the size of dim {dim}")
+            raise _error(f"split sections {sizes} do not add up to {size}, the size of dim {dim}")
     else:
         step = split_size_or_sections
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
-            raise ShapeError(f"split_size must be a positive int, got {step!r}")
+            raise _error(f"split_size must be a positive int, got {step!r}")
         sizes = [min(step, size - start) for start in range(0, size, step)] or [0]
     bounds, start = [], 0
     for n in sizes:
@@ -414,15 +414,15 @@ def index(x: Any, key: Any, emit: Emit) -> Any:
     items = key if isinstance(key, tuple) else (key,)
     for item in items:
         if not (item is None or item is Ellipsis or isinstance(item, slice) or _is_int(item)):
-            raise ShapeError(
+            raise _error(
                 f"indexing with {type(item).__name__} is not supported: use ints, slices, ... and None"
             )
     if sum(item is Ellipsis for item in items) > 1:
-        raise ShapeError("an index can only have a single ellipsis ('...')")
+        raise _error("an index can only have a single ellipsis ('...')")
     shape = tuple(x.shape)
     used = sum(1 for item in items if item is not None and item is not Ellipsis)
     if used > len(shape):
-        raise ShapeError(f"too many indices for a tensor of rank {len(shape)}: {used} given")
+        raise _error(f"too many indices for a tensor of rank {len(shape)}: {used} given")
     at = items.index(Ellipsis) if Ellipsis in items else len(items)
     items = items[:at] + (slice(None),) * (len(shape) - used) + items[at + 1 :]
     out, dim, result = [], 0, x
@@ -433,10 +433,10 @@ def index(x: Any, key: Any, emit: Emit) -> Any:
         size = shape[dim]
         if _is_int(item):
             if size == BATCH:
-                raise ShapeError("indexing the batch dimension N is not supported")
+                raise _error("indexing the batch dimension N is not supported")
             i = int(item) + size if item < 0 else int(item)
             if not 0 <= i < size:
-                raise ShapeError(f"index {item} is out of range for dim {dim} of size {size}")
+                raise _error(f"index {item} is out of range for dim {dim} of size {size}")
             result = emit("slice", [result], {"dim": dim, "start": i, "stop": i + 1, "step": 1})
         else:
             if item == slice(None):
@@ -444,16 +444,24 @@ def index(x: Any, key: Any, emit: Emit) -> Any:
                 dim += 1
                 continue
             if size == BATCH:
-                raise ShapeError("slicing the batch dimension N is not supported: take it whole (:)")
+                raise _error("slicing the batch dimension N is not supported: take it whole (:)")
+            if not all(b is None or _is_int(b) for b in (item.start, item.stop, item.step)):
+                raise _error(f"slice bounds must be ints or None, got {item}")
+            if item.step is not None and item.step < 1:
+                raise _error(f"slice step must be greater than zero, got {item.step}")
             start, stop, step = item.indices(size)
-            if step < 1:
-                raise ShapeError(f"slice step must be greater than zero, got {step}")
             stop = max(stop, start)
             if (start, stop, step) != (0, size, 1):
                 result = emit("slice", [result], {"dim": dim, "start": start, "stop": stop, "step": step})
             out.append(len(range(start, stop, step)))
         dim += 1
     return result if tuple(out) == tuple(result.shape) else emit("reshape", [result], {"shape": tuple(out)})
+
+
+def _error(message: str) -> ShapeError:
+    """A ShapeError naming the layer being traced (``features.3 (Block): ...``), if any."""
+    tracer = active()
+    return ShapeError(f"{tracer.where()}: {message}" if tracer is not None else message)
 
 
 def _is_int(obj: Any) -> bool:

@@ -22,6 +22,10 @@ _IDENT_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
 _IDENT_CHARS = _IDENT_START | frozenset("0123456789")
 _DIGITS = frozenset("0123456789")
 _PUNCT = frozenset("()[]{},:=")
+#: the deepest nesting of ``[...]`` in an attribute value (the printer never nests beyond 2)
+MAX_NESTING = 32
+#: the longest integer literal: every IR integer fits int64 (19 digits)
+MAX_INT_DIGITS = 19
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,12 @@ def _scan_number(text: str, i: int, line: int, line_start: int) -> tuple[Token, 
     if j < len(text) and text[j] in _IDENT_CHARS:
         raise _error(line, j - line_start + 1, "the end of the number", repr(text[j]))
     s = text[i:j]
-    return (Token("float", s, float(s), line, col) if is_float else Token("int", s, int(s), line, col)), j
+    if is_float:
+        return Token("float", s, float(s), line, col), j
+    if len(s.lstrip("-")) > MAX_INT_DIGITS or not -(2**63) <= int(s) < 2**63:
+        shown = s if len(s) <= 40 else f"{s[:20]}... ({len(s.lstrip('-'))} digits)"
+        raise _error(line, col, "an integer that fits in int64", shown)
+    return Token("int", s, int(s), line, col), j
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -353,7 +362,7 @@ class _Parser:
         self.expect("punct", "}", "',' or '}'")
         return attrs
 
-    def parse_attr_value(self) -> Any:
+    def parse_attr_value(self, depth: int = 0) -> Any:
         tok = self.tok
         if tok.kind in ("int", "float", "string"):
             self.advance()
@@ -370,11 +379,14 @@ class _Parser:
             if tok.text in words:
                 self.advance()
                 return words[tok.text]
-        if self.accept("punct", "["):
+        if self.at("punct", "["):
+            if depth >= MAX_NESTING:
+                raise self.error_at(tok, f"attribute value nested deeper than {MAX_NESTING} levels of [...]")
+            self.advance()
             items = []
             if not self.at("punct", "]"):
                 while True:
-                    items.append(self.parse_attr_value())
+                    items.append(self.parse_attr_value(depth + 1))
                     if not self.accept("punct", ","):
                         break
             self.expect("punct", "]", "',' or ']'")

@@ -18,6 +18,8 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from convforge.ir.ops import registry
 
 OPERANDS = {"unary": ("x",), "binary": ("a", "b"), "backward": ("g", "s")}
@@ -78,6 +80,21 @@ def literal(v: float) -> str:
     if math.isinf(v):
         return "math.inf" if v > 0 else "(-math.inf)"
     return repr(v)
+
+
+def in_dtype(v: Any, dtype: Any) -> Any:
+    """A float attribute rounded to the tensor dtype, as the references compute with it
+    (``x.dtype.type(alpha)``): a finite value beyond float32's range becomes an infinity.
+    Other values are returned unchanged."""
+    if not isinstance(v, float):
+        return v
+    with np.errstate(over="ignore"):
+        return float(np.dtype(dtype).type(v))
+
+
+def attrs_in_dtype(attrs: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
+    """``attrs`` with every float rounded to ``dtype`` (see :func:`in_dtype`)."""
+    return {k: in_dtype(v, dtype) for k, v in attrs.items()}
 
 
 def _template(op: str) -> str:

@@ -357,6 +357,8 @@ MISTAKES = {
     "x[1:]": (lambda x: x[1:], "batch dimension"),
     "x[:, 5]": (lambda x: x[:, 5], "out of range"),
     "x[:, ::-1]": (lambda x: x[:, ::-1], "step must be greater than zero"),
+    "x[:, ::0]": (lambda x: x[:, ::0], "step must be greater than zero"),
+    "x[:, 0.5:]": (lambda x: x[:, 0.5:], "ints or None"),
     "x[:, [0, 1]]": (lambda x: x[:, [0, 1]], "not supported"),
     "x[..., ...]": (lambda x: x[..., ...], "single ellipsis"),
     "x[:, 0, 0, 0, 0]": (lambda x: x[:, 0, 0, 0, 0], "too many indices"),

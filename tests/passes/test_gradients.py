@@ -41,7 +41,8 @@ DOCS_OPS = Path(__file__).resolve().parents[2] / "docs" / "ops.md"
 @dataclass
 class In:
     """One input: its shape and kind (``x`` differentiable float, ``const`` float without
-    a gradient, ``pos`` positive float without a gradient, ``labels`` i64 classes, ``step``)."""
+    a gradient, ``pos`` positive float without a gradient, ``labels`` i64 classes, ``indices``
+    distinct i64 flat indices into planes of ``classes`` elements, ``step``)."""
 
     shape: tuple[int, ...]
     kind: str = "x"
@@ -120,6 +121,8 @@ CASES: list[Case] = [
             "ceil_mode": True,
         },
     ),  # fmt: skip
+    Case("max_pool2d_with_indices", [X(1, 2, 7, 6)], {"kernel_size": 3, "stride": 2, "padding": 1}),
+    Case("max_unpool2d", [X(2, 2, 2, 3), In((2, 2, 2, 3), "indices", classes=20)], {"output_size": (4, 5)}),
     Case("adaptive_avg_pool2d", [X(2, 2, 5, 7)], {"output_size": (2, 3)}),
     Case("adaptive_avg_pool2d", [X(1, 2, 4, 4)], {"output_size": 1}),
     # normalisation and dropout
@@ -223,7 +226,11 @@ def _make_inputs(case: Case, dtype: str, seed: int = 0) -> dict[str, np.ndarray]
     np_dtype = TensorType(dtype, ()).np_dtype
     arrays = {}
     for i, spec in enumerate(case.inputs):
-        if spec.kind == "labels":
+        if spec.kind == "indices":  # distinct flat indices into a plane of ``classes`` elements
+            flat = np.stack([r.permutation(spec.classes)[: int(np.prod(spec.shape[2:]))] for _ in range(
+                spec.shape[0] * spec.shape[1])])  # fmt: skip
+            arrays[f"in{i}"] = flat.reshape(spec.shape).astype(np.int64)
+        elif spec.kind == "labels":
             arrays[f"in{i}"] = r.integers(0, spec.classes, spec.shape).astype(np.int64)
         elif spec.kind == "step":
             arrays[f"in{i}"] = np.asarray(3, dtype=np.int64)
@@ -319,6 +326,14 @@ def _torch_op(case: Case, t: list[torch.Tensor]) -> torch.Tensor:
     if op == "avg_pool2d":
         return TF.avg_pool2d(t[0], a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
                              a["count_include_pad"], a["divisor_override"])  # fmt: skip
+    if op == "max_pool2d_with_indices":
+        return TF.max_pool2d(t[0], a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
+    if op == "max_unpool2d":  # the scatter PyTorch's max_unpool2d is, of distinct indices
+        n, c = t[0].shape[:2]
+        flat = torch.zeros(n, c, a["output_size"][0] * a["output_size"][1], dtype=t[0].dtype)
+        return flat.scatter(2, t[1].reshape(n, c, -1), t[0].reshape(n, c, -1)).reshape(
+            n, c, *a["output_size"]
+        )
     if op == "adaptive_avg_pool2d":
         return TF.adaptive_avg_pool2d(t[0], a["output_size"])
     if op in ("batch_norm", "batch_norm_train"):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from convforge.errors import AttributeValueError, DTypeError, ShapeError
-from convforge.ir.types import BATCH, Dim, TensorType
+from convforge.ir.types import BATCH, MAX_ELEMENTS, Dim, TensorType
+
+#: the largest size, stride, padding or dilation an attribute may hold: no tensor extent
+#: can exceed it, and products of two such values stay far inside int64
+MAX_SIZE = MAX_ELEMENTS
 
 
 def expect_rank(t: TensorType, rank: int | Sequence[int], what: str = "input") -> None:
@@ -42,7 +47,9 @@ def int_tuple(
     bound: str | None = None,
     where: str | None = None,
 ) -> tuple[int, ...]:
-    """``value`` as ``n`` ints >= ``minimum`` (an int is repeated; ``minimum=None``: any ints).
+    """``value`` as ``n`` ints >= ``minimum`` (an int is repeated; ``minimum=None``: any ints)
+    and of magnitude at most :data:`MAX_SIZE` (these are sizes, strides, pads: none can
+    exceed a tensor's extent).
 
     The one validator of integer tuples (ops' attribute checks, layers, ``functional``). The
     error names ``name``, prefixed by ``where`` (a layer or op) if given; ``bound`` words the
@@ -62,7 +69,49 @@ def int_tuple(
             raise AttributeValueError(f"{prefix}{name} must be ints, got {value!r}")
         if minimum is not None and v < minimum:
             raise AttributeValueError(f"{prefix}{name} must be {bound or f'>= {minimum}'}, got {value!r}")
+        if abs(v) > MAX_SIZE:
+            raise AttributeValueError(
+                f"{prefix}{name} must be at most {MAX_SIZE} (2**31 - 1) in magnitude, got {value!r}"
+            )
     return tuple(int(v) for v in items)
+
+
+def number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+    finite: bool = False,
+    where: str | None = None,
+) -> float:
+    """``value`` as a float in the given range; NaN is always refused (``nan < low`` is False,
+    so a plain range test lets it through), infinities where ``finite`` or out of range.
+
+    >>> number("lr", 0.1, low=0.0)
+    0.1
+    """
+    prefix = f"{where}: " if where else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AttributeValueError(f"{prefix}{name} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise AttributeValueError(f"{prefix}{name} is out of the float range, got {value!r}") from None
+    if math.isnan(v):
+        raise AttributeValueError(f"{prefix}{name} must be a number, got nan")
+    if finite and math.isinf(v):
+        raise AttributeValueError(f"{prefix}{name} must be finite, got {v!r}")
+    below = low is not None and (v <= low if open_low else v < low)
+    above = high is not None and (v >= high if open_high else v > high)
+    if below or above:
+        lo = "(-inf" if low is None else f"{'(' if open_low else '['}{low}"
+        hi = "inf)" if high is None else f"{high}{')' if open_high else ']'}"
+        bound = f">= {low}" if high is None and not open_low else f"in {lo}, {hi}"
+        raise AttributeValueError(f"{prefix}{name} must be {bound}, got {value!r}")
+    return v
 
 
 def window_out(
@@ -81,6 +130,12 @@ def window_out(
     assert isinstance(size, int)
     span = dilation * (kernel - 1) + 1
     padded = size + pad_lo + pad_hi
+    for extent, label in ((padded, "padded size"), (span, "(dilated) kernel extent")):
+        if extent > MAX_SIZE:
+            raise ShapeError(
+                f"{what} {label} {extent} (size {size}, padding ({pad_lo}, {pad_hi}), kernel "
+                f"{kernel}, dilation {dilation}) exceeds the limit of {MAX_SIZE} (2**31 - 1)"
+            )
     if padded < span:
         raise ShapeError(
             f"{what} size {size} with padding ({pad_lo}, {pad_hi}) is smaller than the "

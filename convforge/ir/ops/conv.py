@@ -202,6 +202,53 @@ def _backward_weight_shape(nd: int):
     return shape
 
 
+# -- scratch bounds ----------------------------------------------------------------------
+def conv_workspace(
+    channels: int, groups: int, out_ch: int, kernel, spatial, out_spatial, padding, dilation
+) -> dict[str, tuple[int, ...]]:
+    """The per-image scratch an im2col lowering allocates (numba-cpu's stride-1 "wide" layout
+    is the largest): the padded input, the im2col columns and the output rows, both widened
+    to the padded row pitch ``o + d * (k - 1)``. ``Op.workspace`` bounds each like a tensor."""
+    nd = len(kernel)
+    pairs = pad_pairs(padding, nd)
+    padded = tuple(int(n) + lo + hi for n, (lo, hi) in zip(spatial, pairs))
+    pitch = out_spatial[-1] + dilation[-1] * (kernel[-1] - 1)
+    rows = (*out_spatial[:-1], pitch)
+    return {
+        "padded input": (channels, *padded),
+        "im2col columns": (channels // groups * int(np.prod(kernel, dtype=object)), *rows),
+        "output rows": (out_ch, *rows),
+    }
+
+
+def _forward_workspace(nd: int):
+    def workspace(x, w, b=None, *, stride, padding, dilation, groups):
+        out = _out_spatial(x.shape[2:], w.shape[2:], stride, padding, dilation, nd)
+        kernel = w.shape[2:]
+        return conv_workspace(x.shape[1], groups, w.shape[0], kernel, x.shape[2:], out, padding, dilation)
+
+    return workspace
+
+
+def _backward_input_workspace(nd: int):
+    def workspace(gy, w, *, stride, padding, dilation, groups, input_size):
+        channels = w.shape[1] * groups
+        return conv_workspace(
+            channels, groups, w.shape[0], w.shape[2:], input_size, gy.shape[2:], padding, dilation
+        )
+
+    return workspace
+
+
+def _backward_weight_workspace(nd: int):
+    def workspace(x, gy, *, stride, padding, dilation, groups, kernel_size):
+        return conv_workspace(
+            x.shape[1], groups, gy.shape[1], kernel_size, x.shape[2:], gy.shape[2:], padding, dilation
+        )
+
+    return workspace
+
+
 # -- NumPy references ---------------------------------------------------------------------
 def _tap_slices(offsets, out_spatial, stride, dilation) -> tuple[slice, ...]:
     """Where kernel tap ``offsets`` reads the padded input, for every output position at once."""
@@ -303,6 +350,7 @@ def _declare(nd: int) -> tuple[Op, Op, Op]:
     )
     fwd.check(_checker(nd))
     fwd.shape(_forward_shape(nd))
+    fwd.workspace(_forward_workspace(nd))
 
     @fwd.reference
     def _(x, w, b=None, *, stride, padding, dilation, groups):
@@ -326,6 +374,7 @@ def _declare(nd: int) -> tuple[Op, Op, Op]:
     )
     bwd_in.check(_checker(nd, "input_size"))
     bwd_in.shape(_backward_input_shape(nd))
+    bwd_in.workspace(_backward_input_workspace(nd))
 
     @bwd_in.reference
     def _(gy, w, *, stride, padding, dilation, groups, input_size):
@@ -338,6 +387,7 @@ def _declare(nd: int) -> tuple[Op, Op, Op]:
     )
     bwd_w.check(_checker(nd, "kernel_size"))
     bwd_w.shape(_backward_weight_shape(nd))
+    bwd_w.workspace(_backward_weight_workspace(nd))
 
     @bwd_w.reference
     def _(x, gy, *, stride, padding, dilation, groups, kernel_size):
@@ -395,6 +445,14 @@ def _(stride, padding, output_padding, dilation, groups):
                 f"{list(out['output_padding'])} and stride={list(out['stride'])}"
             )
     return out
+
+
+@conv_transpose2d.workspace
+def _(x, w, b=None, *, stride, padding, output_padding, dilation, groups):
+    # conv2d's input gradient: the columns span the transposed output
+    size = transpose_output_size(x.shape[2:], w.shape[2:], stride, padding, output_padding, dilation)
+    out_ch = w.shape[1] * groups
+    return conv_workspace(out_ch, groups, w.shape[0], w.shape[2:], size, x.shape[2:], padding, dilation)
 
 
 @conv_transpose2d.shape

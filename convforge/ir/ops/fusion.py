@@ -62,7 +62,10 @@ class ForwardChain:
             bias=bias[0] if bias else None,
             batch_norm=[outer(v) for v in bn.inputs[1:]] if bn is not None else None,
             eps=bn.attrs["eps"] if bn is not None else 0.0,
-            activations=[(a.op, dict(a.attrs)) for a in self.activations],
+            # attributes rounded to the tensor dtype, as the references compute with them
+            activations=[
+                (a.op, scalar.attrs_in_dtype(a.attrs, a.outputs[0].type.np_dtype)) for a in self.activations
+            ],
         )
 
 

@@ -131,6 +131,7 @@ def _(gy, x, weight, running_mean, running_var, eps):
 batch_norm_train = Op(
     "batch_norm_train", outputs=("", "mean", "invstd", "running_mean", "running_var"),
     attrs={"eps": 1e-5, "momentum": 0.1}, positive=(4,),  # running_var
+    batch_stats=(0,),  # statistics over N and space: more than one value per channel, checked
     doc="normalise with batch statistics; return them and the updated running statistics",
 )  # fmt: skip
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from convforge.errors import AttributeValueError, ShapeError
-from convforge.ir.ops.common import expect_float, expect_same_shape
+from convforge.ir.ops.common import expect_float, expect_same_shape, number
 from convforge.ir.ops.registry import FusionKind, Op
 from convforge.ir.types import TensorType
 
@@ -23,13 +23,9 @@ from convforge.ir.types import TensorType
 def _number(
     name: str, value, *, low: float = 0.0, high: float | None = None, open_high: bool = False
 ) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise AttributeValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if value < low or (high is not None and (value >= high if open_high else value > high)):
-        bound = f"[{low}, {high}{')' if open_high else ']'}" if high is not None else f">= {low}"
-        raise AttributeValueError(f"{name} must be in {bound}, got {value!r}")
-    return value
+    # NaN is refused (torch.optim.Adam's ``not 0.0 <= x`` checks do); infinities pass where
+    # the range allows them, as in torch.optim, and run as IEEE arithmetic says
+    return number(name, value, low=low, high=high, open_high=open_high)
 
 
 def _param_like(param: TensorType, *others: TensorType) -> None:
@@ -59,7 +55,10 @@ def _(lr, momentum, dampening, nesterov, weight_decay):
         "weight_decay": _number("weight_decay", weight_decay),
     }
     if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
-        raise AttributeValueError("nesterov momentum requires momentum > 0 and dampening 0")
+        raise AttributeValueError(
+            "nesterov momentum requires momentum > 0 and dampening 0, got "
+            f"momentum={out['momentum']!r} and dampening={out['dampening']!r}"
+        )
     return out
 
 

@@ -1,4 +1,5 @@
-"""Pooling: max_pool2d, avg_pool2d, adaptive_avg_pool2d, their backward ops, and the max-pool argmax pair.
+"""Pooling: max_pool2d, avg_pool2d, adaptive_avg_pool2d, their backward ops, the max-pool argmax
+pair, max_pool2d_with_indices (PyTorch's ``return_indices=True``) and max_unpool2d.
 
 Semantics are PyTorch's (NCHW): ``stride`` defaults to ``kernel_size``; padding is
 ``(ph, pw)``, or ``(top, left, bottom, right)`` when the sides differ (ONNX's ``pads``), at
@@ -468,3 +469,107 @@ def _(gy, argmax, kernel_size, stride, padding, dilation, ceil_mode, input_size)
         for j in range(kw):
             gxp[_tap(gxp, i, j, out_hw, stride, dilation)] += np.where(argmax == i * kw + j, gy, 0)
     return _crop(gxp, gy.shape[:2] + tuple(input_size), padding)
+
+
+# -- max pooling with PyTorch's indices, and max unpooling -----------------------------------------
+max_pool2d_with_indices = Op(
+    "max_pool2d_with_indices", outputs=("", "indices"), attrs=_MAX_ATTRS,
+    doc="max_pool2d and, as i64, each window's first maximum as the flat index iy * W + ix in its plane",
+)  # fmt: skip
+max_pool2d_with_indices.check(_check_window)
+
+
+@max_pool2d_with_indices.shape
+def _(x, **attrs):
+    y = x.with_shape(x.shape[:2] + _pooled_hw(x, **attrs))
+    return y, y.with_dtype("i64")
+
+
+@max_pool2d_with_indices.reference
+def _(x, kernel_size, stride, padding, dilation, ceil_mode):
+    best, arg, (oh, ow), _ = _max_argmax(x, kernel_size, stride, padding, dilation, ceil_mode)
+    kw = kernel_size[1]
+    ph, pw = pads_lo(padding)
+    iy = np.arange(oh).reshape(-1, 1) * stride[0] - ph + (arg // kw) * dilation[0]
+    ix = np.arange(ow).reshape(1, -1) * stride[1] - pw + (arg % kw) * dilation[1]
+    return best, (iy * x.shape[3] + ix).astype(np.int64)
+
+
+@max_pool2d_with_indices.vjp
+def _(g, node, gy, *_):
+    # the indices carry no gradient; the values' gradient is max_pool2d's (same first maximum)
+    if gy is None:
+        return (None,)
+    return (g.call("max_pool2d_backward", gy, node.inputs[0], **node.attrs),)
+
+
+max_unpool2d = Op(
+    "max_unpool2d", attrs={"output_size": None},
+    doc="zeros of output_size per plane with x[n, c, i] written at the flat index indices[n, c, i] "
+    "(an index outside the plane is skipped; a repeated one keeps the last value in row-major order)",
+)  # fmt: skip
+
+
+@max_unpool2d.check
+def _(output_size):
+    return {"output_size": _check_size("output_size", output_size)}
+
+
+def _unpool_types(x: TensorType, indices: TensorType, what: str = "input") -> None:
+    expect_float(x, what)
+    expect_rank(x, 4, f"{what} [N,C,H,W]")
+    if indices.dtype != "i64":
+        raise DTypeError(f"expected indices of dtype i64 (max_pool2d's), got {indices}")
+    if indices.shape != x.shape:
+        raise ShapeError(f"expected indices of the {what}'s shape {x}, got {indices}")
+
+
+@max_unpool2d.shape
+def _(x, indices, output_size):
+    _unpool_types(x, indices)
+    return x.with_shape(x.shape[:2] + tuple(output_size))
+
+
+@max_unpool2d.reference
+def _(x, indices, output_size):
+    n, c = x.shape[:2]
+    size = output_size[0] * output_size[1]
+    y = np.zeros((n * c, size), dtype=x.dtype)
+    flat, src = indices.reshape(n * c, -1), x.reshape(n * c, -1)
+    rows = np.broadcast_to(np.arange(n * c).reshape(-1, 1), flat.shape)
+    inside = (flat >= 0) & (flat < size)
+    # fancy assignment keeps the last of repeated indices, in row-major order
+    y[rows[inside], flat[inside]] = src[inside]
+    return y.reshape(n, c, *output_size)
+
+
+@max_unpool2d.vjp
+def _(g, node, gy):
+    return (g.call("max_unpool2d_backward", gy, node.inputs[1]), None)
+
+
+max_unpool2d_backward = Op(
+    "max_unpool2d_backward", doc="gx[n, c, i] = gy[n, c].flat[indices[n, c, i]] (0 for an index outside)"
+)
+
+
+@max_unpool2d_backward.shape
+def _(gy, indices):
+    expect_float(gy, "gradient")
+    expect_rank(gy, 4, "gradient [N,C,H,W]")
+    _unpool_types(gy.with_shape(indices.shape), indices, "gradient")
+    if gy.shape[:2] != indices.shape[:2]:
+        raise ShapeError(
+            f"expected gradient and indices of one batch and channel count, got {gy} and {indices}"
+        )
+    return gy.with_shape(indices.shape)
+
+
+@max_unpool2d_backward.reference
+def _(gy, indices):
+    n, c = gy.shape[:2]
+    plane = gy.reshape(n * c, -1)
+    flat = indices.reshape(n * c, -1)
+    inside = (flat >= 0) & (flat < plane.shape[1])
+    gx = np.take_along_axis(plane, np.where(inside, flat, 0), axis=1)
+    return np.where(inside, gx, 0).reshape(indices.shape).astype(gy.dtype)

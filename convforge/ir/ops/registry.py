@@ -36,7 +36,10 @@ from convforge.errors import (
     wrap_error,
 )
 from convforge.ir.attrs import Attrs
-from convforge.ir.types import TensorType
+from convforge.ir.types import TensorType, check_elements
+
+#: attribute integers must fit int64: kernels receive them as int64 arguments
+INT_ATTR_RANGE = (-(2**63), 2**63 - 1)
 
 
 class FusionKind(enum.Enum):
@@ -54,6 +57,7 @@ class FusionKind(enum.Enum):
 ShapeFn = Callable[..., "TensorType | tuple[TensorType, ...]"]
 ReferenceFn = Callable[..., "np.ndarray | tuple[np.ndarray, ...]"]
 VjpFn = Callable[..., "Sequence[Any]"]
+WorkspaceFn = Callable[..., "Mapping[str, Sequence[int]]"]
 
 
 class Op:
@@ -77,6 +81,13 @@ class Op:
     * ``positive``: input indices that must be positive (a variance): what a test feeds them.
     * ``region``: the node holds a region graph (``fusion``); its types come from it. Its
       attributes are free-form notes about the region (declared ones still get defaults).
+    * ``batch_stats``: input indices whose per-channel statistics are taken over the batch
+      (and spatial) dimensions (``batch_norm_train``): every backend refuses, before any
+      kernel, an input with a single value per channel (``Executable.check``), as PyTorch does.
+
+    Sizes: every input and output type of a node, and every scratch buffer the op's
+    :meth:`workspace` rule declares, holds at most ``ir.types.MAX_ELEMENTS`` elements (``N`` counted
+    as 1); :meth:`infer_types` raises a ShapeError naming the node otherwise.
     """
 
     def __init__(
@@ -94,6 +105,7 @@ class Op:
         labels: Mapping[int, int] | None = None,
         positive: Sequence[int] = (),
         region: bool = False,
+        batch_stats: Sequence[int] = (),
     ):
         if saves not in ("output", "input"):
             raise ValueError(f"op {name}: saves must be 'output' or 'input', got {saves!r}")
@@ -111,6 +123,7 @@ class Op:
         self.labels: dict[int, int] = dict(labels or {})
         self.positive = tuple(positive)
         self.region = region
+        self.batch_stats = tuple(batch_stats)
         #: the family file that declares the op (``conv`` for ``ir/ops/conv.py``); backends
         #: lower it in their mirrored ``kernels/<family>.py``
         self.family = sys._getframe(1).f_globals.get("__name__", "").rpartition(".")[2]
@@ -118,6 +131,7 @@ class Op:
         self._reference: ReferenceFn | None = None
         self._vjp: VjpFn | None = None
         self._check: Callable[..., dict | None] | None = None
+        self._workspace: WorkspaceFn | None = None
         register(self)
 
     # -- declaration decorators ----------------------------------------------------------
@@ -141,6 +155,13 @@ class Op:
         self._check = fn
         return fn
 
+    def workspace(self, fn: WorkspaceFn) -> WorkspaceFn:
+        """``fn(*input_types, **attrs) -> {buffer name: shape}``: the largest scratch buffers
+        (per batch item) a lowering of the op may allocate besides its inputs and outputs
+        (a convolution's padded image and im2col columns); each is bounded like a tensor."""
+        self._workspace = fn
+        return fn
+
     # -- use ---------------------------------------------------------------------------
     @property
     def has_vjp(self) -> bool:
@@ -155,7 +176,9 @@ class Op:
                 f"{where}: unknown attribute(s) {', '.join(unknown)}; "
                 f"{self.name} takes {', '.join(self.defaults) or 'no attributes'}"
             )
-        full = {**self.defaults, **attrs}
+        full = dict(Attrs({**self.defaults, **attrs}))  # NumPy scalars as Python numbers
+        for key, value in attrs.items():
+            _check_int_range(key, value, where)
         if self._check is not None:
             try:
                 changed = self._check(**full)
@@ -163,13 +186,23 @@ class Op:
                 raise wrap_error(exc, where) from None
             if changed:
                 full.update(changed)
+        for key, value in full.items():
+            _check_attr_value(key, value, where)
         return Attrs(full)
 
     def infer_types(self, inputs: Sequence[TensorType], attrs: Mapping[str, Any], where: str | None = None):
         if self._shape is None:
             raise UnknownOpError(f"op {self.name} has no shape rule")
         try:
+            for i, t in enumerate(inputs):
+                check_elements(t.shape, f"input {i} {t.dtype}")
             out = self._shape(*inputs, **attrs)
+            outs = tuple(out) if isinstance(out, tuple) else (out,)
+            for i, t in enumerate(outs):
+                check_elements(t.shape, f"output {t.dtype}" if len(outs) == 1 else f"output {i} {t.dtype}")
+            if self._workspace is not None:
+                for name, shape in self._workspace(*inputs, **attrs).items():
+                    check_elements(shape, f"scratch buffer ({name})")
         except ConvforgeError as exc:
             raise wrap_error(exc, where or self.name) from None
         except TypeError as exc:  # wrong number of inputs
@@ -177,7 +210,7 @@ class Op:
                 f"{where or self.name}: wrong inputs for {self.name} "
                 f"(given {len(inputs)}: {', '.join(map(str, inputs))}): {exc}"
             ) from None
-        return tuple(out) if isinstance(out, tuple) else (out,)
+        return outs
 
     def result_types(
         self,
@@ -211,6 +244,35 @@ class Op:
 
     def __repr__(self) -> str:
         return f"<Op {self.name}>"
+
+
+def _check_int_range(key: str, value: Any, where: str) -> None:
+    """Integers anywhere in an attribute value must fit int64 (checked before the op's own
+    check, so no check converts a 5,000-digit int)."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            _check_int_range(key, item, where)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        lo, hi = INT_ATTR_RANGE
+        if not lo <= value <= hi:
+            shown = repr(value) if abs(value) < 10**30 else f"an int of {len(str(abs(value)))} digits"
+            raise AttributeValueError(f"{where}: {key} must fit in int64 (|{key}| < 2**63), got {shown}")
+
+
+_ATTR_SCALARS = (bool, int, float, str, type(None), np.integer, np.floating, np.bool_)
+
+
+def _check_attr_value(key: str, value: Any, where: str) -> None:
+    """An attribute value is a number, bool, string, None, or a tuple/list of those: hashable,
+    printable, and what the IR text form can hold."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            _check_attr_value(key, item, where)
+    elif not isinstance(value, _ATTR_SCALARS):
+        raise AttributeValueError(
+            f"{where}: {key} must be a number, bool, string, None or a tuple of those, "
+            f"got {type(value).__name__} {value!r}"
+        )
 
 
 _OPS: dict[str, Op] = {}

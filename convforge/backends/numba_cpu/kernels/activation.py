@@ -52,7 +52,8 @@ def backward_source(op: str) -> tuple[str, list[str]]:
 
 
 def _attr_args(node, params: list[str]) -> str:
-    return "".join(f", {scalar.literal(node.attrs[p])}" for p in params)
+    dtype = node.outputs[0].type.np_dtype  # rounded as the reference rounds them
+    return "".join(f", {scalar.literal(scalar.in_dtype(node.attrs[p], dtype))}" for p in params)
 
 
 def emit_unary(ctx, node, op: str, x: str, y: str) -> None:
@@ -103,7 +104,8 @@ def act_args(node: Node | None) -> tuple[int, float, float]:
     """``(kind, p, q)`` of an activation backward node for :func:`act_grad` (None: no activation)."""
     if node is None:
         return ACT_NONE, 0.0, 0.0
-    values = [float(node.attrs[f]) for f in scalar.fields(node.op)]
+    dtype = node.outputs[0].type.np_dtype
+    values = [scalar.in_dtype(float(node.attrs[f]), dtype) for f in scalar.fields(node.op)]
     p, q = (values + [0.0, 0.0])[:2]
     return scalar.monotone_backward_ops().index(node.op), p, q
 

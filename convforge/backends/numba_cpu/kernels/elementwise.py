@@ -111,7 +111,8 @@ def _(ctx, node, ins, outs):
 def _(ctx, node, ins, outs):
     src, params = backward_source(node.op)
     k = ctx.generated(("backward", node.op), src, node.op)
-    attrs = "".join(f", {scalar.literal(node.attrs[p])}" for p in params)
+    dtype = node.outputs[0].type.np_dtype
+    attrs = "".join(f", {scalar.literal(scalar.in_dtype(node.attrs[p], dtype))}" for p in params)
     ctx.line(f"{k}({ins[0]}.reshape(-1), {ins[1]}.reshape(-1), {outs[0]}.reshape(-1){attrs})")
 
 

@@ -126,7 +126,8 @@ def _(ctx, node, ins, outs):
     k = ctx.static(batch_norm, "batch_norm")
     x = node.inputs[0]
     ctx.line(
-        f"{k}({_as3(ctx, x, ins[0])}, {', '.join(ins[1:])}, {node.attrs['eps']!r}, {_as3(ctx, x, outs[0])})"
+        f"{k}({_as3(ctx, x, ins[0])}, {', '.join(ins[1:])}, {scalar.literal(node.attrs['eps'])}, "
+        f"{_as3(ctx, x, outs[0])})"
     )
 
 
@@ -136,7 +137,8 @@ def _(ctx, node, ins, outs):
     x = node.inputs[0]
     a = node.attrs
     ctx.line(
-        f"{k}({_as3(ctx, x, ins[0])}, {', '.join(ins[1:])}, {a['eps']!r}, {a['momentum']!r}, "
+        f"{k}({_as3(ctx, x, ins[0])}, {', '.join(ins[1:])}, "
+        f"{scalar.literal(a['eps'])}, {scalar.literal(a['momentum'])}, "
         f"{_as3(ctx, x, outs[0])}, {', '.join(outs[1:])})"
     )
 
@@ -157,7 +159,7 @@ def _(ctx, node, ins, outs):
     x = node.inputs[1]
     ctx.line(
         f"{k}({_as3(ctx, x, ins[0])}, {_as3(ctx, x, ins[1])}, {', '.join(ins[2:])}, "
-        f"{node.attrs['eps']!r}, {_as3(ctx, x, outs[0])}, {outs[1]}, {outs[2]})"
+        f"{scalar.literal(node.attrs['eps'])}, {_as3(ctx, x, outs[0])}, {outs[1]}, {outs[2]})"
     )
 
 
@@ -166,7 +168,7 @@ def _(ctx, node, ins, outs):
     k = ctx.static(dropout, "dropout")
     a = node.attrs
     ctx.line(
-        f"{k}({ins[0]}.reshape(-1), int({ins[1]}), {float(a['p'])!r}, {int(a['seed'])}, "
+        f"{k}({ins[0]}.reshape(-1), int({ins[1]}), {scalar.literal(a['p'])}, {int(a['seed'])}, "
         f"{outs[0]}.reshape(-1))"
     )
 

@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from convforge.backends.numba_cpu.kernels import lowering
+from convforge.ir import scalar
 
 
 @njit(cache=True)
@@ -83,6 +84,11 @@ def _update_call(ctx, node, parallel_fn, serial_fn, label: str) -> tuple[str, st
     return f"{ctx.static(serial_fn, label + '(serial)')}", f"0, {size}"
 
 
+def _lit(value: float) -> str:
+    """A hyper-parameter as a literal that round-trips (``math.inf``, ``math.nan``)."""
+    return scalar.literal(value)
+
+
 def _flat(names: list[str]) -> str:
     return ", ".join(f"{n}.reshape(-1)" for n in names)
 
@@ -92,8 +98,9 @@ def _(ctx, node, ins, outs):
     k, tail = _update_call(ctx, node, sgd_update, sgd_span, "sgd_update")
     a = node.attrs
     ctx.line(
-        f"{k}({_flat(ins[:3])}, int({ins[3]}), {a['lr']!r}, {a['momentum']!r}, {a['dampening']!r}, "
-        f"{bool(a['nesterov'])}, {a['weight_decay']!r}, {_flat(outs)}, {tail})"
+        f"{k}({_flat(ins[:3])}, int({ins[3]}), {_lit(a['lr'])}, {_lit(a['momentum'])}, "
+        f"{_lit(a['dampening'])}, "
+        f"{bool(a['nesterov'])}, {_lit(a['weight_decay'])}, {_flat(outs)}, {tail})"
     )
 
 
@@ -102,6 +109,6 @@ def _(ctx, node, ins, outs):
     k, tail = _update_call(ctx, node, adam_update, adam_span, "adam_update")
     a = node.attrs
     ctx.line(
-        f"{k}({_flat(ins[:4])}, int({ins[4]}), {a['lr']!r}, {a['beta1']!r}, {a['beta2']!r}, "
-        f"{a['eps']!r}, {a['weight_decay']!r}, {_flat(outs)}, {tail})"
+        f"{k}({_flat(ins[:4])}, int({ins[4]}), {_lit(a['lr'])}, {_lit(a['beta1'])}, {_lit(a['beta2'])}, "
+        f"{_lit(a['eps'])}, {_lit(a['weight_decay'])}, {_flat(outs)}, {tail})"
     )

@@ -376,3 +376,71 @@ def _scatter_image(gy, y, am, n, act, pool, gx):
     scatter_pooled_grad(
         gy, y, am, n, kind, p, q, kh, kw, sh, sw, ph, pw, H, W, W, gx[n].reshape(C, H * W), bias_sums
     )
+
+
+# -- PyTorch's indices (return_indices=True) and max unpooling --------------------------------------
+@njit(cache=True, parallel=True)
+def max_pool2d_with_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, y, ind):
+    """Max pool and each window's first maximum as the flat index iy * W + ix in its plane."""
+    N, C, Ho, Wo = y.shape
+    W = x.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        for oy in range(Ho):
+            for ox in range(Wo):
+                best, arg = _max_window(x, n, c, oy, ox, kh, kw, sh, sw, ph, pw, dh, dw)
+                y[n, c, oy, ox] = best
+                iy = oy * sh - ph + (arg // kw) * dh
+                ix = ox * sw - pw + (arg % kw) * dw
+                ind[n, c, oy, ox] = iy * W + ix
+
+
+@njit(cache=True, parallel=True)
+def max_unpool2d(x, ind, y):
+    """y[p].flat[ind[p, i]] = x[p, i] per plane p (x, ind [P, L]; y [P, Ho*Wo], zeroed first);
+    an index outside the plane is skipped, a repeated one keeps the last value."""
+    P, L = x.shape
+    size = y.shape[1]
+    for p in prange(P):
+        y[p] = 0
+        for i in range(L):
+            j = ind[p, i]
+            if 0 <= j < size:
+                y[p, j] = x[p, i]
+
+
+@njit(cache=True, parallel=True)
+def max_unpool2d_backward(gy, ind, gx):
+    P, L = gx.shape
+    size = gy.shape[1]
+    for p in prange(P):
+        for i in range(L):
+            j = ind[p, i]
+            gx[p, i] = gy[p, j] if 0 <= j < size else 0
+
+
+def _planes(ctx, value, expr: str) -> str:
+    """``expr`` (an [N, C, H, W] array) seen as [N * C, H * W]."""
+    n, c, h, w = value.shape
+    return f"{expr}.reshape({ctx.dim(n)} * {c}, {h * w})"
+
+
+@lowering("max_pool2d_with_indices")
+def _(ctx, node, ins, outs):
+    k = ctx.static(max_pool2d_with_indices, "max_pool2d_with_indices")
+    ctx.line(f"{k}({ins[0]}, {_max_args(node.attrs)}, {outs[0]}, {outs[1]})")
+
+
+@lowering("max_unpool2d")
+def _(ctx, node, ins, outs):
+    x, y = node.inputs[0], node.outputs[0]
+    k = ctx.static(max_unpool2d, "max_unpool2d")
+    ctx.line(f"{k}({_planes(ctx, x, ins[0])}, {_planes(ctx, x, ins[1])}, {_planes(ctx, y, outs[0])})")
+
+
+@lowering("max_unpool2d_backward")
+def _(ctx, node, ins, outs):
+    gy, gx = node.inputs[0], node.outputs[0]
+    k = ctx.static(max_unpool2d_backward, "max_unpool2d_backward")
+    ctx.line(f"{k}({_planes(ctx, gy, ins[0])}, {_planes(ctx, gx, ins[1])}, {_planes(ctx, gx, outs[0])})")

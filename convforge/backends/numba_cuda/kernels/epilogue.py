@@ -14,7 +14,8 @@ def epilogue_lines(has_bias: bool, bn_eps: float | None, acts: list[tuple[str, d
     output channel ``o``), then the activations."""
     lines = ["v = v + b[o]"] if has_bias else []
     if bn_eps is not None:
-        lines += [f"bs = bnw[o] / math.sqrt(bnv[o] + {bn_eps!r})", "v = v * bs + (bnb[o] - bnm[o] * bs)"]
+        eps = scalar.literal(bn_eps)
+        lines += [f"bs = bnw[o] / math.sqrt(bnv[o] + {eps})", "v = v * bs + (bnb[o] - bnm[o] * bs)"]
     for op, attrs in acts:
         lines.append("v = " + scalar.expression(op, attrs, x="v"))
     return lines

@@ -24,6 +24,7 @@ from convforge.backends.numba_cuda.kernels.templates import (
     thread_loop,
 )
 from convforge.errors import ShapeError
+from convforge.ir import scalar
 from convforge.ir.graph import Node, Value
 
 
@@ -47,7 +48,7 @@ def channel_view(ctx, value: Value) -> tuple[int, int, int]:
 
 def _scale(weight: str, var: str, eps: float) -> str:
     """The expression of a channel's batch-norm scale ``weight / sqrt(var + eps)``."""
-    return f"{weight} / math.sqrt({var} + {eps!r})"
+    return f"{weight} / math.sqrt({var} + {scalar.literal(eps)})"
 
 
 @lowering("batch_norm")
@@ -161,6 +162,7 @@ def _(ctx, node: Node) -> None:
     x, weight, bias, rmean, rvar = node.inputs
     y, mean, invstd, new_mean, new_var = node.outputs
     eps, momentum = node.attrs["eps"], node.attrs["momentum"]
+    m = scalar.literal(momentum)
     n, c, inner = channel_view(ctx, x)
     _check_count(node, n, c, inner)
     body = [
@@ -172,14 +174,14 @@ def _(ctx, node: Node) -> None:
         *_loop(["d = x[n, ch, r] - mu", "acc += d * d"]),
         *block_reduce(["acc"], ["sh"]),
         "var = acc / count",
-        f"inv = 1.0 / math.sqrt(var + {eps!r})",
+        f"inv = 1.0 / math.sqrt(var + {scalar.literal(eps)})",
         "scale = inv * weight[ch]",
         *_loop(["y[n, ch, r] = (x[n, ch, r] - mu) * scale + bias[ch]"]),
         "if t == 0:",
         "    mean[ch] = mu",
         "    invstd[ch] = inv",
-        f"    new_mean[ch] = (1.0 - {momentum!r}) * rmean[ch] + {momentum!r} * mu",
-        f"    new_var[ch] = (1.0 - {momentum!r}) * rvar[ch] + {momentum!r} * var * (count / (count - 1))",
+        f"    new_mean[ch] = (1.0 - {m}) * rmean[ch] + {m} * mu",
+        f"    new_var[ch] = (1.0 - {m}) * rvar[ch] + {m} * var * (count / (count - 1))",
     ]
     _per_channel(
         ctx,
@@ -255,7 +257,7 @@ def _(ctx, node: Node) -> None:
     _backward(
         ctx,
         node,
-        ["mu = a[ch]", f"inv = 1.0 / math.sqrt(np.float64(b[ch]) + {eps!r})"],
+        ["mu = a[ch]", f"inv = 1.0 / math.sqrt(np.float64(b[ch]) + {scalar.literal(eps)})"],
         f"batch_norm_eval_backward {{eps={eps!r}}}",
     )
 
@@ -280,7 +282,8 @@ def _(ctx, node: Node) -> None:
     else:
         # the scale rounded to the dtype once, as the reference does
         scale = float(y.type.np_dtype.type(1.0 / (1.0 - p)))
-        body = [f"u = hash_uniform({seed}, step[0], i)", f"y[i] = x[i] * {scale!r} if u >= {p!r} else 0"]
+        keep = f"y[i] = x[i] * {scalar.literal(scale)} if u >= {scalar.literal(p)} else 0"
+        body = [f"u = hash_uniform({seed}, step[0], i)", keep]
     map_kernel(
         ctx,
         "norm",
@@ -303,7 +306,7 @@ def _lrn_denominator(j: str, attrs) -> list[str]:
         f"for q in range(max({j} - {before}, 0), min({j} - {before} + {size}, C)):",
         "    v = np.float64(x[n, q, r])",
         "    acc += v * v",
-        f"d = {attrs['k']!r} + {attrs['alpha'] / size!r} * acc",
+        f"d = {scalar.literal(attrs['k'])} + {scalar.literal(attrs['alpha'] / size)} * acc",
     ]
 
 
@@ -320,7 +323,8 @@ def _(ctx, node: Node) -> None:
     decode = ["n = i // (C * S)", "c = (i // S) % C", "r = i % S"]
     if node.op == "local_response_norm":
         params = ["x", "y"]
-        body = [*decode, *_lrn_denominator("c", a), f"y[n, c, r] = x[n, c, r] * math.pow(d, {-beta!r})"]
+        power = scalar.literal(-beta)
+        body = [*decode, *_lrn_denominator("c", a), f"y[n, c, r] = x[n, c, r] * math.pow(d, {power})"]
     else:
         params = ["gy", "x", "gx"]
         after, before = a["size"] - 1 - a["before"], a["before"]
@@ -329,9 +333,10 @@ def _(ctx, node: Node) -> None:
             "t = 0.0",
             f"for j in range(max(c - {after}, 0), min(c + {before + 1}, C)):",
             *("    " + line for line in _lrn_denominator("j", a)),
-            f"    t += gy[n, j, r] * np.float64(x[n, j, r]) * math.pow(d, {-beta - 1.0!r})",
+            f"    t += gy[n, j, r] * np.float64(x[n, j, r]) * math.pow(d, {scalar.literal(-beta - 1.0)})",
             *_lrn_denominator("c", a),
-            f"gx[n, c, r] = gy[n, c, r] * math.pow(d, {-beta!r}) - {2.0 * a['alpha'] * beta / a['size']!r}"
+            f"gx[n, c, r] = gy[n, c, r] * math.pow(d, {scalar.literal(-beta)}) - "
+            f"{scalar.literal(2.0 * a['alpha'] * beta / a['size'])}"
             " * x[n, c, r] * t",
         ]
     out = params[-1]

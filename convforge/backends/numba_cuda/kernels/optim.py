@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from convforge.backends.numba_cuda.kernels import lowering
 from convforge.backends.numba_cuda.kernels.templates import map_kernel
+from convforge.ir import scalar
 from convforge.ir.graph import Node
 
 
 def _lit(value: float, dtype) -> str:
-    """``value`` rounded to the parameter dtype, as the reference's ``t(value)``."""
-    return repr(float(dtype.type(value)))
+    """``value`` rounded to the parameter dtype, as the reference's ``t(value)``, as a literal
+    that round-trips (``math.inf``, ``math.nan``)."""
+    return scalar.literal(float(dtype.type(value)))
 
 
 @lowering("sgd_update")
@@ -64,10 +66,10 @@ def _(ctx, node: Node) -> None:
         f"mm = {_lit(b1, t)} * m[i] + {_lit(1 - b1, t)} * g",
         f"vv = {_lit(b2, t)} * v[i] + {_lit(1 - b2, t)} * g * g",
         "n = np.float64(step[0])",
-        f"bias1 = 1.0 - {b1!r} ** n",
-        f"bias2 = 1.0 - {b2!r} ** n",
+        f"bias1 = 1.0 - {scalar.literal(b1)} ** n",
+        f"bias2 = 1.0 - {scalar.literal(b2)} ** n",
         f"denom = math.sqrt(vv) / DT(math.sqrt(bias2)) + {_lit(a['eps'], t)}",
-        f"new_param[i] = p - DT({a['lr']!r} / bias1) * (mm / denom)",
+        f"new_param[i] = p - DT({scalar.literal(a['lr'])} / bias1) * (mm / denom)",
         "new_m[i] = mm",
         "new_v[i] = vv",
     ]

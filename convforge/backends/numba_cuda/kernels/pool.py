@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from convforge.backends.numba_cuda.codegen import SCALAR
 from convforge.backends.numba_cuda.kernels import lowering
-from convforge.backends.numba_cuda.kernels.templates import device, per_element
+from convforge.backends.numba_cuda.kernels.templates import device, grid_loop, kernel, per_element
 from convforge.backends.numba_cuda.kernels.windows import (
     avg_divisor,
     covering,
@@ -105,7 +105,8 @@ def argmax_backward(
     activation's derivative, read off its pooled output ``y``."""
     grad, params, args, pattern = "gy[n, c, oy, ox]", ["gy", "am", "gx"], [gy, am, gx], pool.op
     if act is not None:
-        grad = scalar.expression(act.op, act.attrs, g=grad, s="y[n, c, oy, ox]")
+        attrs = scalar.attrs_in_dtype(act.attrs, act.outputs[0].type.np_dtype)
+        grad = scalar.expression(act.op, attrs, g=grad, s="y[n, c, oy, ox]")
         params, args, pattern = ["gy", "y", "am", "gx"], [gy, y, am, gx], f"{act.op} -> {pattern}"
     body = ["if am[n, c, oy, ox] == a * KW + e:", f"    acc += {grad}"]
     _window_gather(ctx, pool.attrs, pattern, params, args, body)
@@ -174,3 +175,64 @@ def _(ctx, node: Node) -> None:
     _gather(
         ctx, f"adaptive_avg_pool2d_backward ({gx.dtype})", ["gy", "gx"], [gy, gx], loops, _ADAPTIVE_WINDOW
     )
+
+
+# -- PyTorch's indices (return_indices=True) and max unpooling --------------------------------------
+@lowering("max_pool2d_with_indices")
+def _(ctx, node: Node) -> None:
+    x, y, ind = node.inputs[0], *node.outputs
+    body = [
+        "best, arg = window_max(x, n, c, oy, ox)",
+        "y[n, c, oy, ox] = best",
+        "iy = oy * SH - PH + (arg // KW) * DH",
+        "ix = ox * SW - PW + (arg % KW) * DW",
+        "ind[n, c, oy, ox] = iy * W + ix",
+    ]
+    _per_output(
+        ctx,
+        f"{node.op} {window_text(node.attrs)}",
+        ["x", "y", "ind"],
+        [x, y, ind],
+        body,
+        window_consts(node.attrs) + _over_x(window_max),
+    )
+
+
+def _planes(ctx, value: Value):
+    n, c, h, w = ctx.shape(value)
+    return ctx.view(value, (n * c, h * w))
+
+
+@lowering("max_unpool2d")
+def _(ctx, node: Node) -> None:
+    # one thread per plane: it zeroes the plane, then writes in row-major order, so a repeated
+    # index keeps the last value as on the other backends
+    x, ind = node.inputs
+    y = node.outputs[0]
+    body = [
+        "for j in range(y.shape[1]):",
+        "    y[p, j] = 0",
+        "for i in range(x.shape[1]):",
+        "    j = ind[p, i]",
+        "    if j >= 0 and j < y.shape[1]:",
+        "        y[p, j] = x[p, i]",
+    ]
+    src = kernel("x, ind, y", grid_loop("x.shape[0]", body, var="p"))
+    fn = ctx.kernel("pool", f"max_unpool2d ({y.dtype}, one thread per plane)", src)
+    blocks, threads = ctx.grid1d(ctx.shape(x)[0] * ctx.shape(x)[1])
+    ctx.launch(fn, blocks, threads, _planes(ctx, x), _planes(ctx, ind), _planes(ctx, y))
+
+
+@lowering("max_unpool2d_backward")
+def _(ctx, node: Node) -> None:
+    gy, ind = node.inputs
+    gx = node.outputs[0]
+    body = [
+        "p = i // gx.shape[1]",
+        "j = ind[p, i % gx.shape[1]]",
+        "gx[p, i % gx.shape[1]] = gy[p, j] if j >= 0 and j < gy.shape[1] else 0",
+    ]
+    src = kernel("gy, ind, gx", grid_loop("gx.size", body))
+    fn = ctx.kernel("pool", f"max_unpool2d_backward ({gx.dtype})", src)
+    blocks, threads = ctx.grid1d(ctx.numel(gx))
+    ctx.launch(fn, blocks, threads, _planes(ctx, gy), _planes(ctx, ind), _planes(ctx, gx))

@@ -147,7 +147,8 @@ def pointwise(ctx, family: str, node: Node) -> None:
     out = "gx" if kind == "backward" else "y"
     params = [_OPERANDS[o][0] for o in operands]
     body = [f"{_OPERANDS[o][1]} = {_OPERANDS[o][0]}[i]" for o in operands]
-    expr = scalar.expression(node.op, node.attrs, **{o: _OPERANDS[o][1] for o in operands})
+    attrs = scalar.attrs_in_dtype(node.attrs, node.outputs[0].type.np_dtype)  # as the reference
+    expr = scalar.expression(node.op, attrs, **{o: _OPERANDS[o][1] for o in operands})
     attrs = " {" + ", ".join(f"{k}={v!r}" for k, v in node.attrs.items()) + "}" if node.attrs else ""
     args = [ctx.flat(v) for v in (*node.inputs, node.outputs[0])]
     y = node.outputs[0]
