@@ -99,7 +99,8 @@ import numpy as np
 from convforge.serialization import save
 
 def state(v):
-    return {**{f"w{i}": np.full(1 << 18, v + i, np.float32) for i in range(4)}, "optimizer/step": np.array(int(v))}
+    weights = {f"w{i}": np.full(1 << 18, v + i, np.float32) for i in range(4)}
+    return {**weights, "optimizer/step": np.array(int(v))}
 
 path, states, k, command = sys.argv[1], [state(1.0), state(100.0)], 0, "go"
 save(states[0], path)
