@@ -214,7 +214,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    from numba.np.ufunc import parallel
+
+    # Numba sizes its thread pool once per process: a value set after the pool started
+    # would make the next reading of Numba's configuration raise
+    if not parallel._is_initialized:
+        os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     if args.model is not None:
         return _bench_onnx(args)
     from convforge.bench import run_benchmarks
