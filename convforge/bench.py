@@ -335,7 +335,7 @@ def kernel_profile(net, x: np.ndarray, reps: int = 3, top: int = 4) -> str:
         start = time.perf_counter()
         program.run(batch, arrays, views, outs, kernels)
         walls.append(time.perf_counter() - start)
-    wall = float(np.median(walls))
-    per_label = sorted(((sum(v) / reps, k) for k, v in totals.items()), reverse=True)
+    wall = float(sum(walls))
+    per_label = sorted(((sum(v), k) for k, v in totals.items()), reverse=True)
     shown = ", ".join(f"{label} {t / wall:.0%}" for t, label in per_label[:top])
-    return f"{_fmt(wall)} per call; {shown}"
+    return f"{_fmt(wall / reps)} per call; {shown}"
