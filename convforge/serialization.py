@@ -120,6 +120,8 @@ def _load_npz(path: Path) -> OrderedDict[str, np.ndarray]:
                 out[key] = _read_member(path, zf, info, key)
     except (*_DECODING_ERRORS, zipfile.LargeZipFile) as exc:
         raise SerializationError(f"cannot read {path} as .npz: {exc}") from None
+    except NotImplementedError as exc:  # a zip feature zipfile lacks ("zip file version 8.7")
+        raise SerializationError(f"cannot read {path} as .npz: unsupported zip feature: {exc}") from None
     return _checked(path, out)
 
 
@@ -137,6 +139,8 @@ def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: st
         raise SerializationError(
             f"{where} uses an unsupported zip compression (method {info.compress_type}): {exc}"
         ) from None
+    except RuntimeError as exc:  # an encrypted member
+        raise SerializationError(f"{where} cannot be read: {exc}") from None
     with member:
         fmt = np.lib.format
         try:

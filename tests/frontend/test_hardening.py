@@ -91,6 +91,36 @@ def test_non_finite_attributes_parsed_from_ir_text_compile_on_numba_cpu():
     assert np.isnan(want[0, 0]) and want[0, 2] == 2.0
 
 
+BEYOND_FLOAT32 = {
+    "LeakyReLU(3.5e38)": lambda: nn.Sequential(nn.LeakyReLU(3.5e38)),
+    "ELU(alpha=3.5e38)": lambda: nn.Sequential(nn.ELU(alpha=3.5e38)),
+    "Conv2d -> LeakyReLU(3.5e38), fused": lambda: nn.Sequential(nn.Conv2d(2, 2, 1), nn.LeakyReLU(3.5e38)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("case", BEYOND_FLOAT32, ids=list(BEYOND_FLOAT32))
+def test_attributes_beyond_float32_round_as_the_reference(case):
+    """Found by the long fuzz run: a finite attribute beyond float32's range is infinite in
+    the reference (``x.dtype.type(alpha)``, as torch) but stayed finite in numba-cpu's float64
+    kernel arguments; attributes are rounded to the tensor dtype where they are emitted."""
+    model = BEYOND_FLOAT32[case]()
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    want = cf.compile(model, (None, 2, 3, 3), backend="reference")(x)
+    _same(cf.compile(model, (None, 2, 3, 3), backend="numba-cpu")(x), want)
+    assert np.isinf(want).any()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize(
+    "opt",
+    [optim.Adam(eps=3, weight_decay=1e300), optim.SGD(lr=1e300, momentum=0.5)],
+    ids=["Adam(eps=3, weight_decay=1e300)", "SGD(lr=1e300, momentum=0.5)"],
+)
+def test_optimizer_settings_beyond_float32_train_like_the_reference(opt):
+    test_infinite_optimizer_settings_torch_accepts_train_like_the_reference(opt)
+
+
 NAN_SETTINGS = {
     "Adam(lr=nan)": (optim.Adam, {"lr": NAN}, "lr"),
     "Adam(eps=nan)": (optim.Adam, {"eps": NAN}, "eps"),
@@ -224,6 +254,33 @@ def test_shape_arithmetic_is_exact():
     assert check_elements(("N", 2**15, 2**15), "x") == 2**30
     with pytest.raises(ShapeError, match=r"x \[2147483648\] would hold 2147483648 elements"):
         check_elements((2**31,), "x")
+
+
+def _r(*shape):
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+ZERO_SIZE = {
+    "F.conv2d on a batch of 0": lambda b: F.conv2d(
+        _r(0, 1, 4, 4), _r(2, 1, 3, 3), _r(2), padding=1, backend=b
+    ),
+    "F.linear with 0 input features": lambda b: F.linear(_r(3, 0), _r(2, 0), _r(2), backend=b),
+    "F.linear on 0 rows": lambda b: F.linear(_r(0, 3), _r(2, 3), backend=b),
+    "F.batch_norm on a batch of 0": lambda b: F.batch_norm(
+        _r(0, 2, 3, 3), np.zeros(2, np.float32), np.ones(2, np.float32), backend=b
+    ),
+    "F.log_softmax over an empty dim": lambda b: F.log_softmax(_r(3, 0), dim=1, backend=b),
+    "F.softmax of an empty batch": lambda b: F.softmax(_r(0, 3), dim=1, backend=b),
+}
+
+
+@pytest.mark.parametrize("case", ZERO_SIZE, ids=list(ZERO_SIZE))
+def test_zero_size_tensors_run_like_the_reference(case):
+    """Found by the fuzz suite: numba-cpu reshaped empty arrays with -1 (which NumPy cannot
+    infer), BLAS was called with an empty inner dimension, and the softmax references took
+    the max of an empty axis; as torch, an empty input gives an empty (or zero) result."""
+    want = ZERO_SIZE[case]("reference")
+    _same(ZERO_SIZE[case]("numba-cpu"), want)
 
 
 # =========================================================================================
@@ -385,6 +442,29 @@ def _unsupported_compression(path: Path) -> Path:
     return path
 
 
+def _damaged_deflate(path: Path) -> Path:
+    """A compressed member whose deflate stream is damaged (zlib.error: found by the fuzz run)."""
+    _zip(path, {"0.weight.npy": _npy_bytes(np.arange(1000, dtype=np.float32))}, zipfile.ZIP_DEFLATED)
+    raw = bytearray(path.read_bytes())
+    raw[65:69] = b"\xff\xff\xff\xff"  # 30 bytes into the member's data
+    path.write_bytes(raw)
+    return path
+
+
+def _central_directory_edit(offset: int, value: int):
+    """A valid .npz with one field of its central directory entry rewritten."""
+
+    def make(path: Path) -> Path:
+        _zip(path, {"0.weight.npy": _npy_bytes(np.zeros(3, np.float32))})
+        raw = bytearray(path.read_bytes())
+        at = raw.find(b"PK\x01\x02") + offset
+        raw[at : at + 2] = value.to_bytes(2, "little")
+        path.write_bytes(raw)
+        return path
+
+    return make
+
+
 FILES = {
     "non-.npy member": (lambda p: _zip(p, {"notes.txt": b"hello"}), "member 'notes.txt' is not a .npy array"),
     ".npy named .npz": (
@@ -407,6 +487,12 @@ FILES = {
         lambda p: _zip(p, {"0.weight.npy": _npy_bytes(np.array([None, 1], dtype=object))}),
         "entry '0.weight' holds Python objects",
     ),
+    "damaged deflate stream": (_damaged_deflate, "entry '0.weight' "),
+    "zip version 8.7 needed (found by the fuzz run)": (
+        _central_directory_edit(6, 87),
+        "unsupported zip feature: zip file version 8.7",
+    ),
+    "encrypted member": (_central_directory_edit(8, 1), "entry '0.weight' cannot be read"),
     "optimizer/step = 2**63 - 1": (
         lambda p: cf.save({"0.weight": np.zeros(2, np.float32), "optimizer/step": np.array(2**63 - 1)}, p),
         "entry 'optimizer/step' must be an integer in [0, 2**62]",

@@ -558,6 +558,8 @@ softmax.shape(_softmax_shape)
 
 @softmax.reference
 def _(x, dim):
+    if x.size == 0:  # as torch: an empty result (max over an empty axis has no identity)
+        return x.copy()
     z = x - x.max(axis=dim, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=dim, keepdims=True)
@@ -586,6 +588,8 @@ log_softmax.shape(_softmax_shape)
 
 @log_softmax.reference
 def _(x, dim):
+    if x.size == 0:  # as torch: an empty result
+        return x.copy()
     z = x - x.max(axis=dim, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=dim, keepdims=True))
 

@@ -137,6 +137,11 @@ def gemm(ta, tb, alpha, a, b, beta, c):
     k = a.shape[0] if ta else a.shape[1]
     if m == 0 or n == 0:
         return
+    if k == 0:  # an empty product: c = beta * c (the operands' strides mean nothing here)
+        for i in range(m):
+            for j in range(n):
+                c[i, j] = beta * c[i, j] if beta != 0.0 else 0.0
+        return
     if a.strides[1] != a.itemsize or b.strides[1] != b.itemsize or c.strides[1] != c.itemsize:
         raise ValueError("gemm: operands need contiguous rows")
     consts = np.empty(2, dtype=c.dtype)

@@ -22,6 +22,8 @@ layer's gradients from the pooled gradient and the one-byte argmax, image by ima
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -512,8 +514,10 @@ def emit_forward(
     bias = b if b is not None else ctx.zeros(cout.shape[1], cout.dtype, "no_bias")
     bn_arg = f"bn=({', '.join(bn)}, {scalar.literal(bn_eps)}), " if bn is not None else ""
     n = ctx.dim(out_value.shape[0])
-    y3 = f"{y}.reshape({n}, {cout.shape[1]}, -1)"
-    am3 = f"{am}.reshape({n}, {cout.shape[1]}, -1)" if am else ctx.dummy_u8()
+    # the trailing size spelled out: NumPy cannot infer -1 for an empty array
+    rest = math.prod(out_value.type.shape[2:])
+    y3 = f"{y}.reshape({n}, {cout.shape[1]}, {rest})"
+    am3 = f"{am}.reshape({n}, {cout.shape[1]}, {rest})" if am else ctx.dummy_u8()
     ctx.line(
         f"{k}({x4}, {w4}, b={bias}, {bn_arg}conv=({sh}, {sw}, {ph}, {pw}, {dh}, {dw}, {groups}, {ho}, {wo}), "
         f"pool={pool_geometry}, nt=T, y={y3}, am={am3})"
@@ -540,7 +544,7 @@ def _(ctx, node, ins, outs):
 
 def _gy3(ctx, value, expr: str) -> str:
     t = value.type
-    return f"{expr}.reshape({ctx.dim(t.shape[0])}, {t.shape[1]}, -1)"
+    return f"{expr}.reshape({ctx.dim(t.shape[0])}, {t.shape[1]}, {math.prod(t.shape[2:])})"
 
 
 @lowering("conv2d_backward_input", "conv1d_backward_input")

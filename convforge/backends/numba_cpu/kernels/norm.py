@@ -117,8 +117,8 @@ def dropout(x, step, p, seed, y):
 
 
 def _as3(ctx, value, expr: str) -> str:
-    t = value.type
-    return f"{expr}.reshape({ctx.dim(t.shape[0])}, {t.shape[1]}, -1)"
+    t = value.type  # the trailing size spelled out: NumPy cannot infer -1 for an empty array
+    return f"{expr}.reshape({ctx.dim(t.shape[0])}, {t.shape[1]}, {math.prod(t.shape[2:])})"
 
 
 @lowering("batch_norm")

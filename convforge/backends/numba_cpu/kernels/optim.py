@@ -20,15 +20,19 @@ def sgd_span(p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay, p
     """SGD on elements [i0, i1); through views, so the loop index needs no wraparound check."""
     p, g, buf, p_out, buf_out = p[i0:i1], g[i0:i1], buf[i0:i1], p_out[i0:i1], buf_out[i0:i1]
     first = step <= 1
+    # in the parameter dtype, as the reference (and torch) computes: float64 intermediates
+    # would stay finite where float32 overflows
+    t = p.dtype.type
+    wd, mom, keep, rate = t(weight_decay), t(momentum), t(1.0 - dampening), t(lr)
     for i in range(p.shape[0]):
-        gi = g[i] + weight_decay * p[i] if weight_decay != 0.0 else g[i]
+        gi = g[i] + wd * p[i] if weight_decay != 0.0 else g[i]
         if momentum != 0.0:
-            b = gi if first else momentum * buf[i] + (1.0 - dampening) * gi
+            b = gi if first else mom * buf[i] + keep * gi
             buf_out[i] = b
-            gi = gi + momentum * b if nesterov else b
+            gi = gi + mom * b if nesterov else b
         else:
             buf_out[i] = buf[i]
-        p_out[i] = p[i] - lr * gi
+        p_out[i] = p[i] - rate * gi
 
 
 @njit(cache=True, parallel=True)
@@ -49,14 +53,18 @@ def adam_span(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, p_out, m_ou
     p, g, m, v = p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1]
     p_out, m_out, v_out = p_out[i0:i1], m_out[i0:i1], v_out[i0:i1]
     bias1 = 1.0 - beta1**step
-    bias2 = math.sqrt(1.0 - beta2**step)
+    # in the parameter dtype, as the reference (and torch) computes (see sgd_span)
+    t = p.dtype.type
+    bias2 = t(math.sqrt(1.0 - beta2**step))
+    wd, b1, b2, ob1, ob2, e = t(weight_decay), t(beta1), t(beta2), t(1.0 - beta1), t(1.0 - beta2), t(eps)
+    rate = t(lr / bias1)
     for i in range(p.shape[0]):
-        gi = g[i] + weight_decay * p[i] if weight_decay != 0.0 else g[i]
-        mi = beta1 * m[i] + (1.0 - beta1) * gi
-        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        gi = g[i] + wd * p[i] if weight_decay != 0.0 else g[i]
+        mi = b1 * m[i] + ob1 * gi
+        vi = b2 * v[i] + ob2 * gi * gi
         m_out[i] = mi
         v_out[i] = vi
-        p_out[i] = p[i] - lr / bias1 * (mi / (math.sqrt(vi) / bias2 + eps))
+        p_out[i] = p[i] - rate * (mi / (np.sqrt(vi) / bias2 + e))
 
 
 @njit(cache=True, parallel=True)
@@ -84,9 +92,12 @@ def _update_call(ctx, node, parallel_fn, serial_fn, label: str) -> tuple[str, st
     return f"{ctx.static(serial_fn, label + '(serial)')}", f"0, {size}"
 
 
-def _lit(value: float) -> str:
-    """A hyper-parameter as a literal that round-trips (``math.inf``, ``math.nan``)."""
-    return scalar.literal(value)
+def _lit(value: float, dtype) -> str:
+    """A hyper-parameter as a literal that round-trips (``math.inf``, ``math.nan``); a finite
+    value beyond the parameter dtype's range is the infinity the reference's ``t(value)``
+    computes with (the kernels compute in float64, which would keep it finite)."""
+    rounded = scalar.in_dtype(float(value), dtype)
+    return scalar.literal(rounded if math.isinf(rounded) else value)
 
 
 def _flat(names: list[str]) -> str:
@@ -96,19 +107,19 @@ def _flat(names: list[str]) -> str:
 @lowering("sgd_update")
 def _(ctx, node, ins, outs):
     k, tail = _update_call(ctx, node, sgd_update, sgd_span, "sgd_update")
-    a = node.attrs
+    a, t = node.attrs, node.inputs[0].type.np_dtype
     ctx.line(
-        f"{k}({_flat(ins[:3])}, int({ins[3]}), {_lit(a['lr'])}, {_lit(a['momentum'])}, "
-        f"{_lit(a['dampening'])}, "
-        f"{bool(a['nesterov'])}, {_lit(a['weight_decay'])}, {_flat(outs)}, {tail})"
+        f"{k}({_flat(ins[:3])}, int({ins[3]}), {_lit(a['lr'], t)}, {_lit(a['momentum'], t)}, "
+        f"{_lit(a['dampening'], t)}, "
+        f"{bool(a['nesterov'])}, {_lit(a['weight_decay'], t)}, {_flat(outs)}, {tail})"
     )
 
 
 @lowering("adam_update")
 def _(ctx, node, ins, outs):
     k, tail = _update_call(ctx, node, adam_update, adam_span, "adam_update")
-    a = node.attrs
+    a, t = node.attrs, node.inputs[0].type.np_dtype
     ctx.line(
-        f"{k}({_flat(ins[:4])}, int({ins[4]}), {_lit(a['lr'])}, {_lit(a['beta1'])}, {_lit(a['beta2'])}, "
-        f"{_lit(a['eps'])}, {_lit(a['weight_decay'])}, {_flat(outs)}, {tail})"
+        f"{k}({_flat(ins[:4])}, int({ins[4]}), {_lit(a['lr'], t)}, {_lit(a['beta1'], t)}, "
+        f"{_lit(a['beta2'], t)}, {_lit(a['eps'], t)}, {_lit(a['weight_decay'], t)}, {_flat(outs)}, {tail})"
     )
