@@ -145,3 +145,17 @@ def assert_close(
     bound = atol_scale * scale + rtol * np.abs(theirs)
     worst = float((err - bound).max()) if err.size else 0.0
     assert worst <= 0, f"{what}: max abs error {err.max():.3g} (scale {scale:.3g}) exceeds tolerance"
+
+
+def assert_gradients_match_torch(
+    loss: float, grads: dict, twin: torch.nn.Module, x: np.ndarray, y: np.ndarray
+):
+    """``(loss, grads)`` from convforge's ``step.gradients(x, y)`` (cross-entropy) equal torch
+    autograd's on ``twin``: the loss, every parameter's gradient and the input's."""
+    xt = torch.from_numpy(x).requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(twin(xt), torch.from_numpy(y))
+    ref.backward()
+    assert abs(loss - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
+    for key, p in twin.named_parameters():
+        assert_close(grads[key], p.grad, rtol=1e-3, atol_scale=1e-4, what=key)
+    assert_close(grads["input"], xt.grad, rtol=1e-3, atol_scale=1e-4, what="input")

@@ -18,7 +18,7 @@ import convforge.functional as F
 import numpy as np
 import pytest
 import torch
-from torch_bridge import assert_close
+from torch_bridge import assert_close, assert_gradients_match_torch
 
 import convforge as cf
 from convforge import nn
@@ -174,13 +174,7 @@ def test_tiny_model_gradients_match_torch_on_numba_cuda(rng, tmp_path_factory, m
     y = np.array([0, 2])
     step = cf.compile_train(model, (None, 2, 4, 4), loss="cross_entropy", backend="numba-cuda")
     loss, grads = step.gradients(x, y)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    ref = torch.nn.functional.cross_entropy(twin(xt), torch.from_numpy(y))
-    ref.backward()
-    assert abs(loss - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
-    for key, p in twin.named_parameters():
-        assert_close(grads[key], p.grad, rtol=1e-3, atol_scale=1e-4, what=key)
-    assert_close(grads["input"], xt.grad, rtol=1e-3, atol_scale=1e-4, what="input")
+    assert_gradients_match_torch(loss, grads, twin, x, y)
 
 
 # -- traced expressions, one by one, against torch (reference backend) ---------------------

@@ -7,7 +7,7 @@ import convforge.functional as F
 import numpy as np
 import pytest
 import torch
-from torch_bridge import assert_close, to_torch
+from torch_bridge import assert_close, assert_gradients_match_torch, to_torch
 
 import convforge as cf
 from convforge import nn
@@ -44,13 +44,7 @@ def test_upsampling_decoder_trains_as_torch(backend):
     assert_close(net(x), twin(torch.from_numpy(x)), what="forward")
     step = cf.compile_train(model, (None, 2, 4, 5), loss="cross_entropy", backend=backend)
     loss, grads = step.gradients(x, y)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    ref = torch.nn.functional.cross_entropy(twin(xt), torch.from_numpy(y))
-    ref.backward()
-    assert abs(loss - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
-    for key, p in twin.named_parameters():
-        assert_close(grads[key], p.grad, rtol=1e-3, atol_scale=1e-4, what=key)
-    assert_close(grads["input"], xt.grad, rtol=1e-3, atol_scale=1e-4, what="input")
+    assert_gradients_match_torch(loss, grads, twin, x, y)
 
 
 def test_interpolate_refuses_what_torch_refuses_and_what_it_cannot_do():

@@ -298,3 +298,9 @@ def get(name: str) -> Op:
 
 def all_ops() -> dict[str, Op]:
     return dict(_OPS)
+
+
+def families() -> tuple[str, ...]:
+    """The op families (``ir/ops/<family>.py`` files that declare ops), sorted: what each
+    backend's ``kernels/<family>.py`` mirrors."""
+    return tuple(sorted({op.family for op in _OPS.values()}))

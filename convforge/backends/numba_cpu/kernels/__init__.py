@@ -11,25 +11,15 @@ from __future__ import annotations
 
 from convforge.backends import cache
 from convforge.backends.lowering import LoweringTable
+from convforge.ir.ops import registry
 
 #: the kernel cache's stamp (every kernel dependency, the toolchain, the CPU): names
 #: generated kernel files and stamps the cached static kernels; installing it first routes
 #: every convforge ``cache=True`` function through the verified cache (see ``cache.install``)
 SOURCES_HASH = cache.install()
 
-FAMILIES = (
-    "conv",
-    "linear",
-    "pool",
-    "norm",
-    "activation",
-    "elementwise",
-    "shape",
-    "loss",
-    "optim",
-    "fusion",
-    "resize",
-)
+#: one kernel module per op family, mirroring ``convforge/ir/ops``
+FAMILIES = registry.families()
 
 #: op name -> lowering ``(ctx, node, ins, outs)``
 LOWERINGS = LoweringTable("numba-cpu", __name__, FAMILIES)

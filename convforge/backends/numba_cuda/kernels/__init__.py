@@ -13,20 +13,10 @@ do, so the simulator switch (``NUMBA_ENABLE_CUDASIM``) is read when the first gr
 from __future__ import annotations
 
 from convforge.backends.lowering import LoweringTable
+from convforge.ir.ops import registry
 
-FAMILIES = (
-    "conv",
-    "linear",
-    "pool",
-    "norm",
-    "activation",
-    "elementwise",
-    "shape",
-    "loss",
-    "optim",
-    "fusion",
-    "resize",
-)
+#: one kernel module per op family, mirroring ``convforge/ir/ops``
+FAMILIES = registry.families()
 
 #: op name -> lowering ``(ctx, node)``
 LOWERINGS = LoweringTable("numba-cuda", __name__, FAMILIES)
