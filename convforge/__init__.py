@@ -7,7 +7,7 @@ net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="numba-cpu")
 
 import sys as _sys
 
-from convforge import data, models, onnx
+from convforge import data, distributed, metrics, models, onnx
 from convforge.errors import ConvforgeError
 from convforge.frontend import functional, nn, optim
 from convforge.frontend.compile import CompiledModel, TrainStep, compile, compile_train
@@ -33,6 +33,8 @@ from convforge.frontend.functional import (
 from convforge.frontend.functional import reduce_sum as sum  # torch.sum
 from convforge.frontend.nn import manual_seed
 from convforge.serialization import load, save
+from convforge.summary import summary
+from convforge.training import Trainer, fit
 
 # ``import convforge.nn as nn`` and ``import convforge.functional as F`` name the same modules
 for _name, _module in (("nn", nn), ("optim", optim), ("functional", functional)):
@@ -40,9 +42,11 @@ for _name, _module in (("nn", nn), ("optim", optim), ("functional", functional))
 
 __version__ = "0.1.0"
 __all__ = [
+    "distributed",
     "CompiledModel",
     "ConvforgeError",
     "TrainStep",
+    "Trainer",
     "add",
     "amax",
     "cat",
@@ -51,11 +55,13 @@ __all__ = [
     "concat",
     "data",
     "div",
+    "fit",
     "flatten",
     "functional",
     "load",
     "manual_seed",
     "mean",
+    "metrics",
     "models",
     "mul",
     "neg",
@@ -70,6 +76,7 @@ __all__ = [
     "stack",
     "sub",
     "sum",
+    "summary",
     "transpose",
     "unsqueeze",
     "__version__",

@@ -247,6 +247,23 @@ def _fmt(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+# -- convforge bench --suite ---------------------------------------------------------------
+def suite_module():
+    """``benchmarks.suite`` of the source tree this package runs from (``convforge bench
+    --suite`` needs the checkout: the suite lives in ``benchmarks/``, outside the package)."""
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "suite.py").is_file():
+        raise ConvforgeError(
+            f"convforge bench --suite runs benchmarks/suite.py of a source checkout; none next to {root}"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("benchmarks.suite")
+
+
 # -- convforge bench model.onnx -----------------------------------------------------------
 def run_onnx_benchmark(
     path: str, batch: int = 1, threads: int = 2, quick: bool = False, backend: str = "numba-cpu"

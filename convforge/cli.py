@@ -1,4 +1,10 @@
-"""The ``convforge`` command line: train, show (alias compile), evaluate, bench."""
+"""The ``convforge`` command line: train, show (alias compile), evaluate, bench.
+
+``--model`` takes a zoo name or ``path/to/file.py:ClassName``: that file is imported (it
+runs the user's code, as they asked) and the class built without arguments
+(:mod:`convforge.usermodel`). A model that cannot be found or built is a usage error:
+one line on stderr, exit code 2, as argparse reports a bad flag.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from convforge.errors import ConvforgeError
+from convforge.usermodel import ModelSpecError, is_file_spec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
+    except ModelSpecError as exc:  # what the user named does not exist: a usage error
+        print(f"convforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except ConvforgeError as exc:
         print(f"convforge: error: {exc}", file=sys.stderr)
         return 1
@@ -35,29 +45,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from convforge.backends import BACKENDS
+    from convforge.backends import NAMES as BACKENDS  # the backends and their aliases
     from convforge.models import MODELS
 
     p = argparse.ArgumentParser(prog="convforge", description="A compiler for convolutional neural networks.")
+    p.add_argument("--version", action="version", version=f"convforge {_version()}")
     sub = p.add_subparsers(dest="command")
+    trainable = _model_type([m for m in MODELS if m != "alexnet"])
+    spec_help = "a zoo model ({}) or path/to/file.py:ClassName (imports that file)"
 
     t = sub.add_parser("train", help="train a zoo model on MNIST (the bundled 5,000-image subset by default)")
-    t.add_argument("--model", default="lenet5", choices=[m for m in MODELS if m != "alexnet"])
-    t.add_argument("--epochs", type=_positive_int, default=10)
-    t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 SGD, 1e-3 Adam)")
     t.add_argument(
-        "--schedule", default="cosine", choices=["cosine", "constant"], help="learning-rate schedule"
+        "--model", default="lenet5", type=trainable, help=spec_help.format(", ".join(trainable.names))
     )
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--epochs", type=_positive_int, default=10, help="total epochs (with --resume too)")
+    t.add_argument("--batch-size", type=_positive_int, default=64)
+    _optimizer_args(t)
     t.add_argument(
         "--backend", default=None, choices=list(BACKENDS), help="default: $CONVFORGE_BACKEND or numba-cpu"
     )
     t.add_argument("--augment", action="store_true", help="rotation, translation, scaling and noise")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="runs/{model}", help="where weights, curves.png and history.json go")
+    t.add_argument(
+        "--out",
+        default=None,
+        help="where weights, curves.png and history.json go (default: runs/{model}, or the --resume folder)",
+    )
+    t.add_argument(
+        "--resume", default=None, metavar="DIR",
+        help="continue the run in DIR (its weights.npz, optimizer state and history.json) up to --epochs",
+    )  # fmt: skip
     t.add_argument("--limit", type=_positive_int, default=None, help="train on the first N images only")
     t.add_argument("--data", default=None, help="directory with the four MNIST IDX files (full MNIST)")
     t.add_argument("--no-progress", action="store_true")
@@ -67,11 +84,29 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(
             name, help="print a model's IR after any pass, its generated kernels, or a picture"
         )
-        s.add_argument("model", help="a zoo model name or an .onnx file")
+        s.add_argument(
+            "model", nargs="?", default=None, type=_model_type(list(MODELS), onnx=True),
+            help="a zoo model name, an .onnx file, or path/to/file.py:ClassName",
+        )  # fmt: skip
+        s.add_argument(
+            "--model", dest="model_option", default=None, metavar="MODEL", type=_model_type(list(MODELS)),
+            help="the same as the positional model (as train and evaluate take it)",
+        )  # fmt: skip
+        s.add_argument(
+            "--input-shape", default=None, type=_shape, metavar="C,H,W",
+            help="input shape without the batch, for a file model (default: its input_shape or 1,28,28)",
+        )  # fmt: skip
         s.add_argument(
             "--after", default=None, help="stop after this pass of the pipeline (e.g. canonicalize, fuse)"
         )
-        s.add_argument("--train", action="store_true", help="show the joint training program instead")
+        s.add_argument(
+            "--train", action="store_true",
+            help="show the joint training program `convforge train` runs with the same optimizer flags",
+        )  # fmt: skip
+        _optimizer_args(s)
+        s.add_argument(
+            "--forward-only", action="store_true", help="with --graph: draw only the forward phase"
+        )
         s.add_argument("--source", action="store_true", help="print the generated kernel source")
         s.add_argument(
             "--graph", default=None, metavar="FILE", help="write a picture of the graph (.png or .svg)"
@@ -81,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="accuracy and confusion matrix of saved weights on the test split")
     e.add_argument("weights", help="a weights file (.npz, .safetensors) for --model, or an .onnx model")
-    e.add_argument("--model", default="lenet5", choices=list(MODELS))
+    e.add_argument("--model", default="lenet5", type=_model_type(list(MODELS)),
+                   help=spec_help.format(", ".join(MODELS)))  # fmt: skip
     e.add_argument("--backend", default=None, choices=list(BACKENDS))
     e.add_argument("--data", default=None)
     e.set_defaults(run=_evaluate)
@@ -92,8 +128,60 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("model", nargs="?", default=None, help="an .onnx file: convforge against onnxruntime")
     b.add_argument("--batch", type=int, default=1, help="batch size for an .onnx model")
     b.add_argument("--backend", default="numba-cpu", choices=list(BACKENDS), help="for an .onnx model")
+    b.add_argument("--suite", action="store_true", help="the CNN workload table of benchmarks/suite.py")
+    b.add_argument("--only", default=None, metavar="NAME", help="with --suite: one workload (or name prefix)")
+    b.add_argument(
+        "--profile", default=None, metavar="NAME", help="with --suite: kernel times of one workload"
+    )
     b.set_defaults(run=_bench)
     return p
+
+
+def _version() -> str:
+    from convforge import __version__
+
+    return __version__
+
+
+def _optimizer_args(p: argparse.ArgumentParser) -> None:
+    """The optimizer flags of ``train``, shared with ``show --train`` (same program shown)."""
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 SGD, 1e-3 Adam)")
+    p.add_argument(
+        "--schedule", default="cosine", choices=["cosine", "constant"], help="learning-rate schedule"
+    )
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+
+
+def _model_type(names: Sequence[str], onnx: bool = False):
+    """An argparse type: a zoo name in ``names``, a ``file.py:ClassName`` (checked when loaded),
+    or with ``onnx`` an ``.onnx`` path; anything else is a usage error listing the choices."""
+
+    def parse(text: str) -> str:
+        if text in names or is_file_spec(text) or (onnx and text.lower().endswith(".onnx")):
+            return text
+        extra = ", an .onnx file" if onnx else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a zoo model ({', '.join(names)}){extra} or path/to/file.py:ClassName"
+        )
+
+    parse.names = list(names)  # type: ignore[attr-defined]
+    parse.__name__ = "model"
+    return parse
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """An argparse type: ``1,28,28`` -> ``(1, 28, 28)``, every entry >= 1."""
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected ints separated by commas like 1,28,28, got {text!r}"
+        ) from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"every entry must be >= 1, got {text!r}")
+    return dims
 
 
 def _positive_int(text: str) -> int:
@@ -131,12 +219,17 @@ def _silence_stdout() -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from convforge.training import TrainConfig, train
+    from convforge.usermodel import display_name, resolve_model
 
+    resolve_model(args.model)  # a missing file or class fails now, before any data loads
+    if args.resume is not None and not Path(args.resume).expanduser().is_dir():
+        raise ModelSpecError(f"--resume {args.resume}: no such run folder")
+    pattern = args.out if args.out is not None else (args.resume or "runs/{model}")
     try:
-        out = args.out.format(model=args.model)
+        out = pattern.format(model=display_name(args.model))
     except (KeyError, IndexError, ValueError):
         raise ConvforgeError(
-            f"convforge train --out: {args.out!r} may use only the placeholder {{model}}"
+            f"convforge train --out: {pattern!r} may use only the placeholder {{model}}"
         ) from None
     _writable_folder(Path(out).expanduser(), "convforge train --out")
 
@@ -152,31 +245,46 @@ def _train(args: argparse.Namespace) -> int:
         backend=args.backend,
         augment=args.augment,
         seed=args.seed,
-        out=args.out,
+        out=out.replace("{", "{{").replace("}", "}}"),  # already formatted: braces are literal
         limit=args.limit,
         data_path=args.data,
         progress=not args.no_progress,
+        resume=args.resume,
     )
     result = train(config)
     return 130 if result.interrupted else 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    from convforge.show import model_graph
+    from convforge.show import model_graph, training_settings
 
+    if args.model and args.model_option and args.model != args.model_option:
+        raise ModelSpecError(f"two models given: {args.model} and --model {args.model_option}")
+    name = args.model_option or args.model
+    if name is None:
+        raise ModelSpecError("name a model: a zoo name, an .onnx file or --model path/to/file.py:ClassName")
     if args.graph:  # checked before the (slow) compile
         _writable_folder(Path(args.graph).expanduser().parent, "convforge show --graph")
 
+    settings = training_settings(args.optimizer, args.lr, args.momentum, args.weight_decay, args.schedule)
     graph, source = model_graph(
-        args.model, after=args.after, training=args.train, backend=args.backend, want_source=args.source
+        name,
+        after=args.after,
+        training=args.train,
+        backend=args.backend,
+        want_source=args.source,
+        input_shape=args.input_shape,
+        optimizer=settings.optimizer,
     )
+    if args.train:
+        print(f"# {settings.describe()}")
     print(graph)
     if args.source:
         print(source)
     if args.graph:
         from convforge.viz import draw_graph
 
-        path = draw_graph(graph, args.graph)
+        path = draw_graph(graph, args.graph, forward_only=args.forward_only)
         print(f"graph picture: {path}", file=sys.stderr)
     return 0
 
@@ -186,19 +294,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from convforge.data import mnist
     from convforge.frontend.compile import compile
-    from convforge.models import get_model
+    from convforge.metrics import confusion_matrix
     from convforge.serialization import load
-    from convforge.training import accuracy, confusion_matrix
+    from convforge.training import accuracy
+    from convforge.usermodel import resolve_model
 
     if args.weights.lower().endswith(".onnx"):
         net = _onnx_model_for_mnist(args.weights, args.backend)
     else:
-        model, shape = get_model(args.model)
+        model, shape = resolve_model(args.model)
         net = compile(model, (None, *shape), backend=args.backend)
         net.load_state_dict(load(args.weights))
     _, (x_test, y_test) = mnist(args.data)
     acc, preds = accuracy(net, x_test, y_test)
-    matrix = confusion_matrix(y_test, preds)
+    matrix = confusion_matrix(y_test, preds, num_classes=10)
     print(f"accuracy on {len(y_test)} test images: {acc:.2%}")
     print("confusion matrix (rows: true label, columns: predicted)")
     print("     " + " ".join(f"{c:>4}" for c in range(matrix.shape[1])))
@@ -220,6 +329,15 @@ def _bench(args: argparse.Namespace) -> int:
     # would make the next reading of Numba's configuration raise
     if not parallel._is_initialized:
         os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    if args.suite:
+        from convforge.bench import suite_module
+
+        suite = suite_module()
+        if args.profile is not None:
+            print(suite.profile(args.profile, threads=args.threads, reps=3 if args.quick else 5))
+        else:
+            print(suite.run_suite(quick=args.quick, threads=args.threads, only=args.only))
+        return 0
     if args.model is not None:
         return _bench_onnx(args)
     from convforge.bench import run_benchmarks

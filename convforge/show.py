@@ -3,13 +3,17 @@ and its generated code."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 from convforge.backends import get_backend, resolve
 from convforge.errors import ConvforgeError
 from convforge.frontend.compile import FRONT_PIPELINE, compile, compile_train, trace_model
+from convforge.frontend.optim import Optimizer
 from convforge.ir.graph import Graph
 from convforge.ir.types import TensorType
-from convforge.models import get_model
 from convforge.passes import PassManager, parse_pipeline
+from convforge.usermodel import resolve_model
 
 
 def pipeline_for(backend: str | None, training: bool) -> str:
@@ -25,17 +29,23 @@ def model_graph(
     training: bool = False,
     backend: str | None = None,
     want_source: bool = False,
+    input_shape: Sequence[int] | None = None,
+    optimizer: Optimizer | None = None,
 ) -> tuple[Graph, str]:
-    """The IR of zoo model ``name`` or ONNX file ``name`` (after pass ``after``, or after all
-    passes) and its source."""
+    """The IR of model ``name`` (zoo name, ``.onnx`` file or ``file.py:ClassName``) after
+    pass ``after`` (or after all passes), and its source. ``input_shape`` (without the
+    batch) replaces the model's own; ``optimizer`` is the training program's (default:
+    what ``convforge train`` uses, :func:`training_settings`)."""
     model, shape = model_and_shape(name)
+    shape = tuple(input_shape) if input_shape is not None else shape
     backend = resolve(backend)
     if training:
         if after is not None:
             raise ConvforgeError(
                 "--after applies to the inference pipeline; the training program is shown whole"
             )
-        step = compile_train(model, (None, *shape), backend=backend)
+        optimizer = optimizer if optimizer is not None else training_settings().optimizer
+        step = compile_train(model, (None, *shape), optimizer=optimizer, backend=backend)
         return step.graph_for("train"), step.source() if want_source else ""
     if after is None:
         net = compile(model, (None, *shape), backend=backend)
@@ -49,10 +59,42 @@ def model_graph(
     return graph, ""
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """The optimizer and schedule ``convforge train`` runs for a set of flags."""
+
+    optimizer: Optimizer
+    schedule: str
+
+    def describe(self) -> str:
+        """``training program of `convforge train`: SGD(lr=0.05, ...), cosine schedule ...``"""
+        if self.schedule == "cosine":
+            when = f"cosine schedule per epoch from lr={self.optimizer.lr:g} down to 5 % of it"
+        else:
+            when = f"constant lr={self.optimizer.lr:g}"
+        return f"training program of `convforge train` (epoch 1): {self.optimizer!r}; {when}"
+
+
+def training_settings(
+    optimizer: str = "sgd",
+    lr: float | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "cosine",
+) -> TrainingSettings:
+    """What ``convforge train`` builds from these flags (its defaults included)."""
+    from convforge.training import make_optimizer, scheduled_lr
+
+    opt = make_optimizer(optimizer, lr, momentum, weight_decay)
+    scheduled_lr(opt.lr, 1, 2, schedule)  # refuses an unknown schedule; epoch 1 runs at opt.lr
+    return TrainingSettings(opt, schedule)
+
+
 def model_and_shape(name: str) -> tuple:
-    """A zoo model and its input shape without the batch, or the model of an ``.onnx`` file."""
+    """A model and its input shape without the batch: from the zoo, an ``.onnx`` file, or
+    ``path/to/file.py:ClassName``."""
     if not name.lower().endswith(".onnx"):
-        return get_model(name)
+        return resolve_model(name)
     from convforge.onnx import load
 
     model = load(name)

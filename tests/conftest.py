@@ -7,6 +7,10 @@ import os
 # numba-cuda tests run on Numba's CUDA simulator unless a GPU run asks otherwise
 # (NUMBA_ENABLE_CUDASIM=0); it must be set before numba.cuda is first imported
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+# Numba (and numba-cuda's copy of its config) refuses a NUMBA_NUM_THREADS that differs from
+# the pool it launched; pinned once here, an in-process CLI call or a monkeypatch restoring
+# the variable cannot make a later test's compile raise
+os.environ.setdefault("NUMBA_NUM_THREADS", str(len(os.sched_getaffinity(0))))  # Numba's default
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -26,12 +26,21 @@ BACKENDS: dict[str, str] = {
 }
 DEFAULT_BACKEND = "numba-cpu"
 
+#: short names, as PyTorch's devices, accepted wherever a backend name is
+ALIASES: dict[str, str] = {"cpu": "numba-cpu", "cuda": "numba-cuda"}
+
+#: every name :func:`resolve` accepts (the CLI's ``--backend`` choices)
+NAMES: tuple[str, ...] = (*BACKENDS, *ALIASES)
+
 
 def resolve(name: str | None) -> str:
-    """The backend name to use: ``name``, else ``$CONVFORGE_BACKEND``, else ``numba-cpu``."""
+    """The backend name to use: ``name``, else ``$CONVFORGE_BACKEND``, else ``numba-cpu``;
+    an alias (``"cpu"``, ``"cuda"``) becomes the backend it names (``"numba-cpu"``, ...)."""
     chosen = name if name is not None else os.environ.get("CONVFORGE_BACKEND", DEFAULT_BACKEND)
-    if chosen not in BACKENDS:
-        raise BackendError(f"unknown backend {chosen!r}; expected one of {', '.join(BACKENDS)}")
+    chosen = ALIASES.get(chosen, chosen) if isinstance(chosen, str) else chosen
+    if not isinstance(chosen, str) or chosen not in BACKENDS:
+        source = "" if name is not None else " (from $CONVFORGE_BACKEND)"
+        raise BackendError(f"unknown backend {chosen!r}{source}; expected one of {', '.join(NAMES)}")
     return chosen
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from convforge.errors import ConvforgeError, DTypeError, ShapeError
 from convforge.ir.graph import Graph, Value
 from convforge.ir.ops import registry
+from convforge.ir.ops.collective import LOCAL, Communicator
 from convforge.ir.types import BATCH, MAX_ELEMENTS
 from convforge.passes import PassManager
 
@@ -124,12 +125,20 @@ class Executable(abc.ABC):
     #: inputs live in device buffers between calls; :meth:`step` keeps the state there
     #: and :meth:`write_back` copies it to the host
     device_resident: ClassVar[bool] = False
+    #: compile progress on stderr (``backends.progress``): None = when stderr is a
+    #: terminal or ``$CONVFORGE_PROGRESS`` is set; True / False force it
+    progress: bool | None = None
+    #: the run-time object collective ops (``all_reduce``) exchange data through; one rank
+    #: (every collective the identity) unless the caller sets another (data-parallel training)
+    communicator: Communicator = LOCAL
 
     def __init__(self, graph: Graph):
         #: the graph this executable runs (after the backend's passes)
         self.graph = graph
         #: graph inputs used as class labels, with their class counts (checked by :meth:`check`)
-        self.labels: list[tuple[str, int]] = label_inputs(graph)
+        #: label input -> the ``ignore_index`` its op also allows (``cross_entropy``)
+        self.label_ignore: dict[str, int] = {}
+        self.labels: list[tuple[str, int]] = label_inputs(graph, self.label_ignore)
         self._in_place: dict[frozenset, dict[int, str]] = {}
 
     @abc.abstractmethod
@@ -140,11 +149,20 @@ class Executable(abc.ABC):
     def source(self) -> str:
         """The generated code (or what stands for it), naming the IR it implements."""
 
+    def prepare(self, batch: int = 2) -> None:
+        """Compile every kernel now, so the first real call does not pay for it.
+
+        This default runs the graph once on stand-in inputs (:func:`stand_in_inputs`) of
+        ``batch`` images (2: batch norm in training needs more than one value per channel)
+        and discards the outputs; no state array is read or written.
+        """
+        self.run(stand_in_inputs(self.graph, batch, [name for name, _ in self.labels]))
+
     def check(self, inputs: Mapping[str, np.ndarray]) -> int:
         """Check every input's presence, dtype and shape, and class labels; return the batch."""
         batch = check_inputs(self.graph, inputs)
         for name, classes in self.labels:
-            check_labels(name, np.asarray(inputs[name]), classes)
+            check_labels(name, np.asarray(inputs[name]), classes, self.label_ignore.get(name))
         return batch
 
     # -- training steps ----------------------------------------------------------------
@@ -256,6 +274,16 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> int:
     return batch
 
 
+def stand_in_inputs(graph: Graph, batch: int, labels: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Inputs that let every kernel of ``graph`` run (for :meth:`Executable.prepare`): ones
+    (no zero divisor, logarithm or square root of zero anywhere: a variance, the step
+    counter of Adam's bias correction) and class 0 for the ``labels`` inputs."""
+    return {
+        v.name: (np.zeros if v.name in labels else np.ones)(v.type.concrete(batch), dtype=v.type.np_dtype)
+        for v in graph.inputs
+    }
+
+
 def check_batch(graph: Graph, batch: int) -> None:
     """The checks that depend on the batch size, shared by every backend before any kernel:
 
@@ -319,9 +347,10 @@ def _batch_facts(graph: Graph) -> tuple[tuple[int, Value, str] | None, list[tupl
     return facts
 
 
-def label_inputs(graph: Graph) -> list[tuple[str, int]]:
+def label_inputs(graph: Graph, ignored: dict[str, int] | None = None) -> list[tuple[str, int]]:
     """Graph inputs that some op reads as class labels (its :attr:`Op.labels` fact), with
-    the number of classes (``shape[1]`` of the logits they index); regions included."""
+    the number of classes (``shape[1]`` of the logits they index); regions included.
+    ``ignored``, if given, receives the ``ignore_index`` attribute of the reading node."""
     top = {id(v) for v in graph.inputs}
     found: dict[str, int] = {}
 
@@ -332,6 +361,8 @@ def label_inputs(graph: Graph) -> list[tuple[str, int]]:
                 target = outer.get(id(node.inputs[label]), node.inputs[label])
                 if id(target) in top:
                     found[target.name] = int(node.inputs[logits].type.shape[1])
+                    if ignored is not None and "ignore_index" in node.attrs:
+                        ignored[target.name] = int(node.attrs["ignore_index"])
             if op.region and node.region is not None:
                 scan(
                     node.region,
@@ -342,8 +373,14 @@ def label_inputs(graph: Graph) -> list[tuple[str, int]]:
     return sorted(found.items())
 
 
-def check_labels(name: str, labels: np.ndarray, classes: int) -> None:
-    """Class labels must lie in ``[0, classes)``: kernels index with them."""
+def check_labels(name: str, labels: np.ndarray, classes: int, ignore_index: int | None = None) -> None:
+    """Class labels must lie in ``[0, classes)`` (or equal ``ignore_index``): kernels index with them."""
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        bad = labels[(labels < 0) | (labels >= classes)][0]
-        raise ShapeError(f"input %{name}: class labels must lie in [0, {classes}), got {int(bad)}")
+        out = (labels < 0) | (labels >= classes)
+        if ignore_index is not None:
+            out &= labels != ignore_index
+        if out.any():
+            note = "" if ignore_index is None else f" (or be the ignore_index {ignore_index})"
+            raise ShapeError(
+                f"input %{name}: class labels must lie in [0, {classes}), got {int(labels[out][0])}{note}"
+            )

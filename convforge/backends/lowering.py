@@ -17,6 +17,7 @@ the op and the node: there is no fallback.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import TYPE_CHECKING
@@ -92,6 +93,26 @@ class LoweringTable(MutableMapping[str, Lowering]):
 
     def __repr__(self) -> str:
         return f"<LoweringTable {self.backend_name}: {len(self._table)} ops>"
+
+
+class HostCall:
+    """A host function a lowering calls instead of a kernel: ``fn(communicator, *args)``,
+    for an op that needs a run-time object (a collective needs the executable's
+    communicator, ``ir/ops/collective.py``). The executable binds it (:meth:`bind`) when it
+    runs, so the same generated code serves any communicator."""
+
+    def __init__(self, fn: Callable[..., object], label: str):
+        self.fn = fn
+        self.label = label
+        #: what a listing of the kernels names (as a Numba dispatcher's ``py_func``)
+        self.py_func = fn
+
+    def bind(self, communicator: object) -> Callable[..., object]:
+        """``fn`` with ``communicator`` as its first argument."""
+        return functools.partial(self.fn, communicator)
+
+    def __repr__(self) -> str:
+        return f"<HostCall {self.label}>"
 
 
 def _origin(fn: Lowering) -> tuple[str, str]:

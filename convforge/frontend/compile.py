@@ -7,7 +7,6 @@ array given to a float32 model is therefore computed in float32.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -18,18 +17,22 @@ import numpy as np
 from convforge.backends import get_backend, resolve
 from convforge.backends.base import Executable, HostState, check_labels
 from convforge.errors import ConvforgeError, DTypeError, ShapeError
+from convforge.frontend.functional import as_numeric as _as_numeric
+from convforge.frontend.functional import refuse_integers
+from convforge.frontend.losses import LOSS_NAMES, trace_loss, training_loss
 from convforge.frontend.nn import Module, check_state_dict
 from convforge.frontend.optim import SGD, Optimizer
 from convforge.frontend.trace import SymbolicTensor, Tracer, tracing
 from convforge.ir.graph import Graph
+from convforge.ir.ops.common import number
 from convforge.ir.types import BATCH, TensorType
 from convforge.passes import PassManager
-from convforge.passes.training import LOSSES as _LOSS_OPS
+from convforge.passes.data_parallel import DataParallel
 from convforge.passes.training import Role, UpdateRule, build_training_graph, state_key
 
 #: passes every graph gets before the backend's own pipeline
 FRONT_PIPELINE = "canonicalize,cse,dce"
-LOSSES = tuple(_LOSS_OPS)
+LOSSES = tuple(LOSS_NAMES)
 _DTYPES = {"float32": "f32", "f32": "f32", "float64": "f64", "f64": "f64"}
 
 
@@ -37,9 +40,18 @@ _DTYPES = {"float32": "f32", "f32": "f32", "float64": "f64", "f64": "f64"}
 # Public entry points
 # =========================================================================================
 def compile(
-    model: Module, input_shape: Sequence[int | None], backend: str | None = None, dtype: str = "float32"
+    model: Module,
+    input_shape: Sequence[int | None],
+    backend: str | None = None,
+    dtype: str = "float32",
+    eager: bool = False,
+    progress: bool | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for inference; ``None`` as the first dim accepts any batch size.
+
+    Numba kernels compile on the first call (or load from the kernel cache); ``eager=True``
+    does it before returning. ``progress`` shows that compile on stderr (default: when
+    stderr is a terminal or ``$CONVFORGE_PROGRESS=1``; nothing when all kernels load).
 
     >>> net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="reference")
     >>> logits = net(x)
@@ -47,31 +59,76 @@ def compile(
     _check_model(model)
     ir_dtype = _ir_dtype(dtype)
     store = ParamStore.from_model(model, ir_dtype)
-    return CompiledModel(model, input_shape, store, resolve(backend), ir_dtype)
+    net = CompiledModel(model, input_shape, store, resolve(backend), ir_dtype)
+    net._executable.progress = progress
+    if eager:
+        net._executable.prepare()
+    return net
 
 
 def compile_train(
     model: Module,
     input_shape: Sequence[int | None],
-    loss: str = "cross_entropy",
+    loss: Any = "cross_entropy",
     optimizer: Optimizer | None = None,
     backend: str | None = None,
     dtype: str = "float32",
+    eager: bool = False,
+    progress: bool | None = None,
+    distributed: Any = None,
+    clip_grad_norm: float | None = None,
 ) -> TrainStep:
     """Compile forward + backward + optimizer update into one training-step program.
+
+    ``loss`` is a name (``"cross_entropy"``, ``"mse"``, ``"l1"``, ``"smooth_l1"``,
+    ``"huber"``, ``"nll"``, ``"bce_with_logits"``: the loss module with torch's defaults), a
+    loss module (``nn.CrossEntropyLoss(label_smoothing=0.1)``; its weights are graph inputs),
+    or a callable ``(output, target) -> scalar`` written with ``F`` ops and tensor
+    arithmetic, traced after ``forward``. A cross-entropy loss or a callable builds its
+    program for the target it is given: integer class labels (the default before any
+    target is seen) or a float tensor of the output's shape (class probabilities), one
+    program per kind. ``reduction="none"`` is refused: a step needs a scalar.
+
+    ``optimizer`` is any ``optim`` optimizer (default ``optim.SGD()``), built on
+    ``model.parameters()``, param groups, or nothing (every trainable parameter);
+    ``optim.lr_scheduler`` schedules take it (or the returned step). ``clip_grad_norm=m``
+    scales all gradients by ``min(1, m / (total_norm + 1e-6))`` inside the step before the
+    update, as ``torch.nn.utils.clip_grad_norm_(model.parameters(), m)`` between
+    ``backward()`` and ``opt.step()``.
+
+    ``distributed=cf.distributed.MPI()`` (under ``mpiexec``) makes it data-parallel: rank 0's
+    weights are broadcast now, the ``data-parallel`` pass averages the gradients over the
+    ranks with bucketed ``all_reduce`` nodes, and the returned loss is the mean over ranks
+    (``docs/distributed.md``).
+
+    ``eager=True`` compiles the training program's kernels before returning (with
+    stand-in data; no weight changes), instead of on the first step; ``progress`` as
+    for :func:`compile`.
 
     >>> step = cf.compile_train(model, (None, 1, 28, 28), loss="cross_entropy",
     ...                         optimizer=optim.SGD(lr=0.01, momentum=0.9))
     >>> loss = step(x, y)
     """
     _check_model(model)
-    if loss not in LOSSES:
-        raise ConvforgeError(f"compile_train: loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    training_loss(loss)
     optimizer = optimizer if optimizer is not None else SGD()
     if not isinstance(optimizer, Optimizer):
-        raise ConvforgeError(f"compile_train: optimizer must be optim.SGD or optim.Adam, got {optimizer!r}")
+        raise ConvforgeError(
+            "compile_train: optimizer must be an optim optimizer (SGD, Adam, AdamW, RMSprop, "
+            f"Adagrad), got {optimizer!r}"
+        )
+    if clip_grad_norm is not None:
+        clip_grad_norm = number("clip_grad_norm", clip_grad_norm, low=0.0, where="compile_train")
     ir_dtype = _ir_dtype(dtype)
-    return TrainStep(model, input_shape, loss, optimizer, resolve(backend), ir_dtype)
+    step = TrainStep(
+        model, input_shape, loss, optimizer, resolve(backend), ir_dtype, clip_grad_norm=clip_grad_norm
+    )
+    step.progress = progress
+    if distributed is not None:
+        step.distribute(distributed)
+    if eager:
+        step._program("train").executable.prepare()
+    return step
 
 
 # =========================================================================================
@@ -141,11 +198,12 @@ class CompiledModel:
         return self._executable.source()
 
     def __call__(self, x: Any) -> np.ndarray:
-        arr = check_input(x, self.input_type, self.name)
+        arr, unbatched = batched_input(x, self.input_type, self.name)
         self._store.sync()
         inputs = {v.name: self._store.arrays[v.name] for v in self._graph.inputs if v.name != "x"}
         inputs["x"] = arr
-        return self._executable.run(inputs)[0]
+        out = self._executable.run(inputs)[0]
+        return out[0] if unbatched else out
 
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         return self._store.state_dict(self._model_keys)
@@ -223,6 +281,12 @@ class TrainingGraph:
 class TrainStep:
     """A compiled training step: ``step(x, y)`` runs forward, backward and the update."""
 
+    #: compile progress of its programs (see :func:`compile`)
+    progress: bool | None = None
+    #: the data-parallel configuration and communicator (:meth:`distribute`), or None
+    distributed: Any = None
+    communicator: Any = None
+
     def __init__(
         self,
         model: Module,
@@ -231,19 +295,30 @@ class TrainStep:
         optimizer: Optimizer,
         backend: str,
         dtype: str,
+        clip_grad_norm: float | None = None,
     ) -> None:
         self.model = model
         self.loss = loss
+        self._loss = training_loss(loss, type(model).__name__)
+        #: whether the programs built now take class labels (else a float target)
+        self._target_labels = self._loss.target_is_labels(None)
+        #: the user's optimizer object: its ``param_groups`` (a schedule's rates) are read
+        #: before every step
         self.optimizer = optimizer
+        self.clip_grad_norm = clip_grad_norm
         self.backend = backend
         self.dtype = dtype
         self.name = type(model).__name__
         self.input_type = _input_type(input_shape, dtype, self.name)
         self._store = ParamStore.from_model(model, dtype)
         self._model_keys = list(self._store.arrays)
-        for key in self._store.trainable:
+        #: parameter name -> its param group (the parameters the optimizer updates)
+        self._groups = optimizer.assign(list(model.named_parameters()), self.name)
+        self._update_attrs: list[dict[str, Any]] | None = None  # the train programs' groups
+        for key in self._groups:
             for state in optimizer.state:
-                self._store.arrays[state_key(key, state)] = np.zeros_like(self._store.arrays[key])
+                arr = self._store.arrays[key]
+                self._store.arrays[state_key(key, state)] = np.full_like(arr, optimizer.initial_state(state))
         self.steps = 0
         self.training = True
         self._programs: dict[tuple[str, bool], _Program] = {}
@@ -259,20 +334,45 @@ class TrainStep:
 
     @property
     def lr(self) -> float:
-        return float(self.optimizer.lr)
+        """The learning rate of the optimizer's first param group (``get_lr()``: all of them)."""
+        return float(self.optimizer.param_groups[0]["lr"])
 
-    def set_lr(self, lr: float) -> None:
-        """Change the learning rate (a learning-rate schedule); the update program is rebuilt
-        on the next step, and kernels do not depend on the rate, so nothing recompiles."""
-        if float(lr) == self.lr:
-            return
-        self._store.sync()
-        self.optimizer = dataclasses.replace(self.optimizer, lr=float(lr))
-        self._programs = {key: prog for key, prog in self._programs.items() if key[0] != "train"}
+    def get_lr(self) -> list[float]:
+        """The learning rate of each param group."""
+        return [float(group["lr"]) for group in self.optimizer.param_groups]
+
+    def set_lr(self, lr: float | Sequence[float]) -> None:
+        """Change the learning rate of every param group (one number) or of each (one per
+        group), as a schedule does; the update program is rebuilt on the next step, and
+        kernels take the rate as an argument, so nothing recompiles."""
+        self.optimizer.set_lr(lr)
 
     # -- running ------------------------------------------------------------------------
+    def distribute(self, config: Any) -> None:
+        """Train data-parallel with ``config`` (``cf.distributed.MPI()``): check every rank
+        builds the same model, then take rank 0's weights and buffers."""
+        comm = config.communicator()
+        shapes = ", ".join(f"{k}: {a.dtype}{list(a.shape)}" for k, a in self._store.arrays.items())
+        with comm.guard(f"{self.name}: compile_train"):
+            comm.check_same("model", f"{self.name} {self.input_type} loss={self.loss} ({shapes})")
+        self._store.sync()
+        comm.broadcast(self._store.arrays)
+        self._store.changed()
+        self.distributed, self.communicator = config, comm
+        self._programs.clear()
+
     def __call__(self, x: Any, y: Any) -> float:
-        """One optimisation step on the batch; returns the batch-mean loss."""
+        """One optimisation step on the batch; returns the batch-mean loss (the mean over
+        ranks when distributed: a rank that fails here ends every rank, naming itself)."""
+        if self.communicator is None:
+            return self._step(x, y)
+        with self.communicator.guard(f"{self.name} step {self.steps + 1}"):
+            if self.steps == 0:
+                self.communicator.check_batch(tuple(np.shape(x)))
+            return self._step(x, y)
+
+    def _step(self, x: Any, y: Any) -> float:
+        self._target_labels = self._loss.target_is_labels(y)
         program = self._program("train")
         # the executable keeps the store up to date: on the host in place, on a
         # device-resident backend in its device buffers until the store is read
@@ -299,6 +399,7 @@ class TrainStep:
 
     def gradients(self, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients (by parameter name, plus ``"input"``) without any update."""
+        self._target_labels = self._loss.target_is_labels(y)
         program = self._program("grad")
         self._store.sync()
         inputs = program.executable.with_state(self._batch(program, x, y, self.steps + 1), self._store)
@@ -319,6 +420,7 @@ class TrainStep:
         graph, _ = trace_model(self.model, self.input_type, training=False)
         PassManager.from_string(FRONT_PIPELINE).run(graph)
         net._executable = get_backend(self.backend).compile_graph(graph, training=False)
+        net._executable.progress = self.progress
         net._graph = net._executable.graph
         return net
 
@@ -376,29 +478,58 @@ class TrainStep:
 
     # -- compiling ----------------------------------------------------------------------
     def _program(self, kind: str) -> _Program:
-        key = (kind, self.training)
+        key = (kind, self.training, self._target_labels)
+        if kind == "train":
+            self._follow_optimizer()
         if key not in self._programs:
             self._programs[key] = self._build(kind)
+            self._programs[key].executable.progress = self.progress
         return self._programs[key]
+
+    def _follow_optimizer(self) -> None:
+        """Drop the training programs when an option of the optimizer's param groups changed
+        since they were built (a schedule's learning rate): the next step rebuilds the
+        update program, whose kernels take the options as arguments and are reused."""
+        attrs = self.optimizer.group_attrs()
+        if attrs != self._update_attrs:
+            if self._update_attrs is not None:
+                self._store.sync()  # a device-resident program's state comes home first
+                self._programs = {key: prog for key, prog in self._programs.items() if key[0] != "train"}
+            self._update_attrs = attrs
 
     def _build(self, kind: str) -> _Program:
         graph, tracer = trace_model(self.model, self.input_type, training=self.training)
+        graph.set_outputs([trace_loss(graph, tracer, self._loss, self._target_labels, self.name)])
         params = [v.name for v in graph.inputs if v.name in self._store.trainable]
         if kind == "grad":
             graph, roles = build_training_graph(
-                graph, loss=self.loss, params=params, grads_of=["x"], simplify=FRONT_PIPELINE
+                graph, loss=None, params=params, grads_of=["x"], simplify=FRONT_PIPELINE
             )
         else:
-            rule = UpdateRule(self.optimizer.op, self.optimizer.attrs(), tuple(self.optimizer.state))
+            groups = self._update_attrs or self.optimizer.group_attrs()
+            params = [name for name in params if name in self._groups]
+            rule = UpdateRule(
+                self.optimizer.op,
+                groups[0],
+                tuple(self.optimizer.state),
+                param_attrs={name: groups[self._groups[name]] for name in params},
+                clip_grad_norm=self.clip_grad_norm,
+            )
             graph, roles = build_training_graph(
                 graph,
-                loss=self.loss,
+                loss=None,
                 params=params,
                 optimizer=rule,
                 state_updates=tracer.state_updates,
                 simplify=FRONT_PIPELINE,
             )
-        return _Program(get_backend(self.backend).compile_graph(graph, training=True), roles)
+            if self.communicator is not None:
+                rank, bucket = self.communicator.rank, self.distributed.bucket_bytes
+                DataParallel(bucket_bytes=bucket, rank=rank).run(graph)
+        executable = get_backend(self.backend).compile_graph(graph, training=True)
+        if self.communicator is not None and kind == "train":
+            executable.communicator = self.communicator
+        return _Program(executable, roles)
 
     def _batch(self, program: _Program, x: Any, y: Any, step: int) -> dict[str, np.ndarray]:
         """The inputs of ``program`` that change per batch, checked: ``x``, ``target`` and
@@ -409,10 +540,12 @@ class TrainStep:
             "target": self._check_target(y, arr.shape[0]),
             "step": np.asarray(step, dtype=np.int64),
         }
+        np_dtype = TensorType(self.dtype, ()).np_dtype
+        batch.update((key, arr.astype(np_dtype)) for key, arr in self._loss.buffers.items())
         return {v.name: batch[v.name] for v in program.graph.inputs if v.name in batch}
 
     def _check_target(self, y: Any, batch: int) -> np.ndarray:
-        if self.loss == "cross_entropy":
+        if self._target_labels:
             arr = _as_numeric(y, f"{self.name}: target y")
             if arr.dtype.kind not in "iu":
                 raise DTypeError(
@@ -424,7 +557,7 @@ class TrainStep:
                     f"got {list(arr.shape)}"
                 )
             arr = arr.astype(np.int64)
-            check_labels("target", arr, int(self._output_type.shape[1]))
+            check_labels("target", arr, int(self._output_type.shape[1]), self._loss.ignore_index)
             return np.ascontiguousarray(arr)
         want = TensorType(self.dtype, (BATCH,) + tuple(self._output_type.shape[1:]))
         return check_input(y, want, f"{self.name} target")
@@ -476,8 +609,10 @@ def _graph_name(model: Module) -> str:
 # Input checks
 # =========================================================================================
 def check_input(x: Any, expected: TensorType, owner: str) -> np.ndarray:
-    """``x`` as a contiguous array of ``expected`` (batch free), or a clear error."""
+    """``x`` as a contiguous array of ``expected`` (batch free), or a clear error; integer
+    and bool data are refused, not cast (an unscaled 0..255 image is the usual mistake)."""
     arr = _as_numeric(x, f"{owner}: input x")
+    refuse_integers(arr, f"{owner}: input x")
     if arr.ndim != expected.rank:
         raise ShapeError(
             f"{owner}: expected input of shape {_fmt_shape(expected)} (rank {expected.rank}), "
@@ -491,16 +626,14 @@ def check_input(x: Any, expected: TensorType, owner: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=expected.np_dtype)
 
 
-def _as_numeric(x: Any, what: str) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor
-        x = x.detach().cpu().numpy()
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # noqa: BLE001 - anything NumPy cannot convert is a user mistake
-        raise DTypeError(f"{what} must be a numeric array, got {type(x).__name__} ({exc})") from None
-    if arr.dtype.kind not in "fiub":
-        raise DTypeError(f"{what} must be a numeric array, got dtype {arr.dtype}")
-    return arr
+def batched_input(x: Any, expected: TensorType, owner: str) -> tuple[np.ndarray, bool]:
+    """(the checked input, whether it came unbatched): for an ``expected`` of batch ``N``, an
+    input without the batch dim (``[C, H, W]`` for ``[N, C, H, W]``) runs as a batch of one,
+    as a PyTorch module takes it; the caller drops the batch dim from the output."""
+    shape = np.shape(x) if not hasattr(x, "shape") else tuple(x.shape)
+    if expected.shape[:1] == (BATCH,) and tuple(shape) == tuple(expected.shape[1:]):
+        return check_input(np.expand_dims(_as_numeric(x, f"{owner}: input x"), 0), expected, owner), True
+    return check_input(x, expected, owner), False
 
 
 def _fmt_shape(t: TensorType) -> str:

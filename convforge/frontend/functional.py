@@ -19,7 +19,8 @@ import numpy as np
 from convforge.errors import AttributeValueError, ConvforgeError, DTypeError, ShapeError, wrap_error
 from convforge.frontend import trace
 from convforge.ir.graph import Graph
-from convforge.ir.ops.common import int_tuple
+from convforge.ir.ops.common import int_tuple, number
+from convforge.ir.ops.loss import check_reduction
 from convforge.ir.types import TensorType, dtype_name
 
 Tensor = Any  # np.ndarray, or a SymbolicTensor while tracing
@@ -37,6 +38,7 @@ __all__ = [
     "conv1d",
     "conv2d",
     "conv_transpose2d",
+    "binary_cross_entropy_with_logits",
     "cross_entropy",
     "div",
     "dropout",
@@ -47,7 +49,9 @@ __all__ = [
     "hardsigmoid",
     "hardswish",
     "hardtanh",
+    "huber_loss",
     "interpolate",
+    "l1_loss",
     "layer_norm",
     "leaky_relu",
     "linear",
@@ -60,6 +64,7 @@ __all__ = [
     "mse_loss",
     "mul",
     "neg",
+    "nll_loss",
     "pad",
     "permute",
     "reduce_sum",
@@ -68,6 +73,7 @@ __all__ = [
     "reshape",
     "sigmoid",
     "silu",
+    "smooth_l1_loss",
     "softmax",
     "softplus",
     "split",
@@ -124,6 +130,10 @@ def _conv(
     groups: int,
     backend: str | None,
 ) -> Tensor:
+    if len(_shape_of(input)) == dims + 1:
+        return _unbatched(
+            input, lambda x: _conv(op, dims, x, weight, bias, stride, padding, dilation, groups, backend)
+        )
     kernel = tuple(_shape_of(weight))[2:]
     where = _where(op)
     pad = resolve_padding(
@@ -173,7 +183,14 @@ def max_pool2d(
     backend: str | None = None,
 ) -> Tensor:
     """Max pooling; with ``return_indices`` also each window's maximum as a flat index into its
-    input plane (int64), which ``max_unpool2d`` takes."""
+    input plane (int64), which ``max_unpool2d`` takes. A [C, H, W] input is one unbatched image."""
+    if len(_shape_of(input)) == 3:
+        return _unbatched(
+            input,
+            lambda x: max_pool2d(
+                x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend=backend
+            ),
+        )
     attrs = {
         "kernel_size": kernel_size,
         "stride": stride,
@@ -195,6 +212,20 @@ def avg_pool2d(
     *,
     backend: str | None = None,
 ) -> Tensor:
+    if len(_shape_of(input)) == 3:
+        return _unbatched(
+            input,
+            lambda x: avg_pool2d(
+                x,
+                kernel_size,
+                stride,
+                padding,
+                ceil_mode,
+                count_include_pad,
+                divisor_override,
+                backend=backend,
+            ),
+        )
     attrs = {
         "kernel_size": kernel_size,
         "stride": stride,
@@ -207,6 +238,8 @@ def avg_pool2d(
 
 
 def adaptive_avg_pool2d(input: Tensor, output_size: Any, *, backend: str | None = None) -> Tensor:
+    if len(_shape_of(input)) == 3:
+        return _unbatched(input, lambda x: adaptive_avg_pool2d(x, output_size, backend=backend))
     return _call("adaptive_avg_pool2d", [input], {"output_size": output_size}, backend)
 
 
@@ -292,7 +325,12 @@ def dropout(
 def linear(
     input: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
-    """``input @ weight.T + bias``."""
+    """``input @ weight.T + bias`` over the last dim of an input [in], [N, in] or [N, *, in]."""
+    shape = _shape_of(input)
+    if len(shape) == 1:
+        return _unbatched(input, lambda x: linear(x, weight, bias, backend=backend))
+    if len(shape) > 2:
+        return _linear_nd(input, weight, bias, backend)
     return _call(
         "linear",
         [input, weight] + ([bias] if bias is not None else []),
@@ -300,6 +338,25 @@ def linear(
         backend,
         ("input", "weight", "bias"),
     )
+
+
+def _linear_nd(input: Tensor, weight: Tensor, bias: Tensor | None, backend: str | None) -> Tensor:
+    """``linear`` of an input [N, *, in]: on the rows of a [rows, in] reshape when every dim
+    is known; with the symbolic batch N (which a reshape must keep leading) as a 1x1
+    ``conv1d`` over [N, in, rows], the middle dims flattened into rows."""
+    shape = _shape_of(input)
+    features, wshape = shape[-1], _shape_of(weight)
+    if len(wshape) != 2:
+        raise ShapeError(f"{_where('linear')}: expected a weight [out, in], got shape {list(wshape)}")
+    out_features = wshape[0]
+    if shape[0] != "N":
+        rows = linear(reshape(input, (-1, features), backend=backend), weight, bias, backend=backend)
+        return reshape(rows, (*shape[:-1], out_features), backend=backend)
+    middle = math.prod(shape[1:-1])
+    x = permute(reshape(input, (-1, middle, features), backend=backend), (0, 2, 1), backend=backend)
+    kernel = reshape(weight, (out_features, features, 1), backend=backend)
+    y = permute(conv1d(x, kernel, bias, backend=backend), (0, 2, 1), backend=backend)
+    return reshape(y, (-1, *shape[1:-1], out_features), backend=backend)
 
 
 def relu(input: Tensor, *, backend: str | None = None) -> Tensor:
@@ -331,17 +388,226 @@ def log_softmax(input: Tensor, dim: int = 1, *, backend: str | None = None) -> T
 
 
 # -- losses -------------------------------------------------------------------------------
+# torch's names, arguments and formulas (``ir/ops/loss.py``). ``size_average`` / ``reduce``
+# are torch's deprecated spelling of ``reduction`` and mean what they mean there. Inside a
+# traced loss function a weight must be a traced tensor or a registered buffer (a loss
+# module's ``weight``); eagerly it is any array.
 def cross_entropy(
-    input: Tensor, target: Tensor, reduction: str = "mean", *, backend: str | None = None
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    backend: str | None = None,
 ) -> Tensor:
-    """Mean (or sum) of ``-log softmax(input)[target]`` for integer class labels."""
+    """torch's ``F.cross_entropy`` of ``(N, C)`` logits: integer class labels ``(N,)`` (with
+    ``weight``, ``ignore_index``, ``label_smoothing``) or class probabilities of the logits'
+    shape (a float target; ``ignore_index`` does not apply), decided by the target's dtype.
+
+    >>> F.cross_entropy(logits, labels, label_smoothing=0.1, reduction="sum")
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if _is_float(target):
+        return _cross_entropy_probabilities(input, target, weight, reduction, label_smoothing, backend)
+    attrs = {"reduction": reduction, "ignore_index": ignore_index, "label_smoothing": label_smoothing}
+    return _class_loss("cross_entropy", input, target, weight, attrs, backend)
+
+
+def nll_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """torch's ``F.nll_loss``: ``-weight[t] * input[n, t]`` of log-probabilities ``(N, C)``."""
+    attrs = {"reduction": _legacy_reduction(size_average, reduce, reduction), "ignore_index": ignore_index}
+    return _class_loss("nll_loss", input, target, weight, attrs, backend)
+
+
+def mse_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """torch's ``F.mse_loss``: ``(input - target)^2``, reduced."""
+    return _pointwise_loss(
+        "mse_loss", input, target, _legacy_reduction(size_average, reduce, reduction), {}, backend
+    )
+
+
+def l1_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """torch's ``F.l1_loss``: ``|input - target|``, reduced."""
+    return _pointwise_loss(
+        "l1_loss", input, target, _legacy_reduction(size_average, reduce, reduction), {}, backend
+    )
+
+
+def smooth_l1_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    beta: float = 1.0,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """torch's ``F.smooth_l1_loss``: ``0.5 d^2 / beta`` where ``|d| < beta``, else ``|d| - beta / 2``."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    return _pointwise_loss("smooth_l1_loss", input, target, reduction, {"beta": beta}, backend)
+
+
+def huber_loss(
+    input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0, *, backend: str | None = None
+) -> Tensor:
+    """torch's ``F.huber_loss``: ``0.5 d^2`` where ``|d| < delta``, else ``delta (|d| - delta / 2)``."""
+    return _pointwise_loss("huber_loss", input, target, reduction, {"delta": delta}, backend)
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """torch's ``F.binary_cross_entropy_with_logits``, the stable form. Traced, ``weight`` and
+    ``pos_weight`` have a shape ending the input's (``pos_weight``: one per class, the last dim)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    tracing = trace.active() is not None
+    if not tracing:
+        input, target = _float_pair(input, target, "binary_cross_entropy_with_logits")
+    weights = []
+    for name, w in (("weight", weight), ("pos_weight", pos_weight)):
+        if w is None and (name == "pos_weight" or pos_weight is None):
+            continue
+        if w is None:  # a pos_weight alone: the weight is the identity
+            w = np.ones(1, dtype=np.asarray(input).dtype)
+        elif not tracing:
+            w = _suffix_weight(w, np.shape(input), name, np.asarray(input).dtype)
+        weights.append(w)
+    tensors = [input, target, *weights]
+    names = ("input", "target", "weight", "pos_weight")
+    return _call("binary_cross_entropy_with_logits", tensors, {"reduction": reduction}, backend, names)
+
+
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    """torch's ``_Reduction.legacy_get_string``: either deprecated flag given overrides ``reduction``."""
+    if size_average is None and reduce is None:
+        return reduction
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
+
+
+def _is_float(obj: Any) -> bool:
+    if isinstance(obj, trace.SymbolicTensor):
+        return obj.type.is_float
+    return as_numeric(obj, "target").dtype.kind == "f"
+
+
+def _class_loss(
+    op: str, input: Tensor, target: Tensor, weight: Tensor | None, attrs: dict, backend
+) -> Tensor:
     if trace.active() is None:
-        target = _labels(target, _shape_of(input), "cross_entropy")
-    return _call("cross_entropy", [input, target], {"reduction": reduction}, backend, ("input", "target"))
+        input = _as_array(input, "input", op)
+        target = _labels(target, _shape_of(input), op, attrs["ignore_index"])
+        if weight is not None:
+            weight = _as_array(weight, "weight", op).astype(input.dtype)
+    tensors = [input, target] + ([] if weight is None else [weight])
+    return _call(op, tensors, attrs, backend, ("input", "target", "weight"))
 
 
-def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean", *, backend: str | None = None) -> Tensor:
-    return _call("mse_loss", [input, target], {"reduction": reduction}, backend, ("input", "target"))
+def _cross_entropy_probabilities(
+    input, target, weight, reduction: str, label_smoothing: float, backend
+) -> Tensor:
+    """Class-probability targets, composed exactly as torch computes them:
+    ``-sum_c weight[c] * target[n, c] * log_softmax(input)[n, c]``, the mean over ``n``."""
+    where = _where("cross_entropy")
+    try:
+        check_reduction(reduction)
+        smoothing = number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    except ConvforgeError as exc:
+        raise wrap_error(exc, where) from None
+    if trace.active() is None:
+        input, target = _float_pair(input, target, "cross_entropy")
+    if _shape_of(input) != _shape_of(target) or len(_shape_of(input)) != 2:
+        raise ShapeError(
+            f"{where}: class-probability targets must have the (N, C) shape of the logits "
+            f"{list(_shape_of(input))}, got {list(_shape_of(target))}"
+        )
+    if smoothing > 0:
+        classes = _shape_of(input)[1]
+        target = _call("scale", [target], {"factor": 1.0 - smoothing}, backend)
+        target = _call("add_scalar", [target], {"value": smoothing / classes}, backend)
+    picked = _call("mul", [_call("log_softmax", [input], {"dim": 1}, backend), target], {}, backend)
+    if weight is not None:
+        if trace.active() is None:
+            weight = _as_array(weight, "weight", "cross_entropy").astype(np.asarray(input).dtype)
+        picked = _call("mul", [picked, weight], {}, backend, ("input", "weight"))
+    rows = _call("neg", [_call("reduce_sum", [picked], {"dims": (1,)}, backend)], {}, backend)
+    if reduction == "none":
+        return rows
+    op = "reduce_mean" if reduction == "mean" else "reduce_sum"
+    return _call(op, [rows], {"dims": (0,)}, backend)
+
+
+def _pointwise_loss(op: str, input: Tensor, target: Tensor, reduction: str, attrs: dict, backend) -> Tensor:
+    if trace.active() is None:
+        input, target = _float_pair(input, target, op)
+    return _call(op, [input, target], {"reduction": reduction, **attrs}, backend, ("input", "target"))
+
+
+def _float_pair(input: Tensor, target: Tensor, op: str) -> tuple[np.ndarray, np.ndarray]:
+    """Eager ``input`` and ``target`` as arrays of one float dtype (torch's type promotion)."""
+    x = _as_array(input, "input", op)
+    t = _as_array(target, "target", op)
+    dtype = np.result_type(x.dtype, t.dtype) if t.dtype.kind == "f" else x.dtype
+    dtype = dtype if dtype in (np.float32, np.float64) else np.float32
+    return x.astype(dtype, copy=False), t.astype(dtype, copy=False)
+
+
+def _suffix_weight(weight: Tensor, shape: tuple, name: str, dtype) -> np.ndarray:
+    """An eager weight of a shape ending ``shape`` as it is, any other broadcastable one
+    broadcast to ``shape`` (the op reads element ``i`` of a weight at ``i % weight.size``)."""
+    w = _as_array(weight, name, "binary_cross_entropy_with_logits").astype(dtype)
+    trimmed = (
+        w.reshape(w.shape[next((i for i, d in enumerate(w.shape) if d != 1), w.ndim) :]) if w.ndim else w
+    )
+    if trimmed.ndim and tuple(trimmed.shape) == tuple(shape[len(shape) - trimmed.ndim :]):
+        return np.ascontiguousarray(trimmed)
+    try:
+        return np.ascontiguousarray(np.broadcast_to(w, shape))
+    except ValueError:
+        raise ShapeError(
+            f"F.binary_cross_entropy_with_logits: {name} of shape {list(w.shape)} does not "
+            f"broadcast to the input's {list(shape)}"
+        ) from None
 
 
 # -- structure: arithmetic, reductions, relayouts ---------------------------------------
@@ -498,6 +764,16 @@ def _reshape_to(input: Tensor, shape: tuple, backend: str | None) -> Tensor:
     return _call("reshape", [input], {"shape": shape}, backend)
 
 
+def _unbatched(input: Tensor, fn: Any) -> Any:
+    """``fn`` of an unbatched input, as PyTorch runs one: on a batch of one, whose batch dim
+    is then dropped from the result (each result, for a tuple)."""
+    if trace.active() is None:
+        out = fn(np.expand_dims(np.asarray(input), 0))
+        return tuple(o[0] for o in out) if isinstance(out, tuple) else out[0]
+    out = fn(unsqueeze(input, 0))
+    return tuple(squeeze(o, 0) for o in out) if isinstance(out, tuple) else squeeze(out, 0)
+
+
 # -- machinery ----------------------------------------------------------------------------
 def _call(op: str, tensors: list, attrs: dict, backend: str | None, names: Sequence[str] = ("input",)):
     tracer = trace.active()
@@ -548,30 +824,53 @@ def _frozen(value: Any) -> Any:
 def _as_array(obj: Any, name: str, op: str) -> np.ndarray:
     if isinstance(obj, trace.SymbolicTensor):
         raise trace.not_traced_error(op, name)
-    try:
-        arr = np.asarray(obj)
-    except Exception as exc:  # noqa: BLE001 - anything NumPy cannot convert is a user mistake
-        raise DTypeError(f"F.{op}: {name} must be a numeric array, got {type(obj).__name__}: {exc}") from None
-    if arr.dtype.kind not in "fiub":
-        raise DTypeError(f"F.{op}: {name} must be a numeric array, got dtype {arr.dtype}")
+    arr = as_numeric(obj, f"F.{op}: {name}")
     if arr.dtype.kind in "iub" and name not in ("target", "step", "indices"):
-        arr = arr.astype(np.float32)
+        refuse_integers(arr, f"F.{op}: {name}")
     elif arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
     return np.asarray(arr, order="C")
 
 
-def _labels(target: Any, input_shape: Sequence[Any], op: str) -> np.ndarray:
+def as_numeric(obj: Any, what: str) -> np.ndarray:
+    """``obj`` (an array, a nested list, a torch tensor) as a NumPy array of numbers, or a
+    DTypeError naming ``what``."""
+    if hasattr(obj, "detach") and hasattr(obj, "numpy"):  # a torch tensor
+        obj = obj.detach().cpu().numpy()
+    try:
+        arr = np.asarray(obj)
+    except Exception as exc:  # noqa: BLE001 - anything NumPy cannot convert is a user mistake
+        raise DTypeError(f"{what} must be a numeric array, got {type(obj).__name__} ({exc})") from None
+    if arr.dtype.kind not in "fiub":
+        raise DTypeError(f"{what} must be a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def refuse_integers(arr: np.ndarray, what: str) -> None:
+    """Refuse a bool or integer array where float data belongs: casting a 0..255 image
+    silently would feed the model values 255 times too large."""
+    if arr.dtype.kind not in "iub":
+        return
+    seen = f" holding {arr.min()}..{arr.max()}" if arr.size and arr.dtype.kind != "b" else ""
+    raise DTypeError(
+        f"{what} is {arr.dtype}{seen}, but convforge computes in float and does not cast "
+        "silently: scale it first, e.g. x.astype(np.float32) / 255 for 0..255 images "
+        "(cf.data's transforms do this), or x.astype(np.float32) if the values are meant as they are"
+    )
+
+
+def _labels(target: Any, input_shape: Sequence[Any], op: str, ignore_index: int = -100) -> np.ndarray:
     arr = np.asarray(target)
     if arr.dtype.kind not in "iu":
         raise DTypeError(f"F.{op}: target must hold integer class labels, got dtype {arr.dtype}")
     arr = arr.astype(np.int64)
-    if len(input_shape) == 2 and arr.size and (arr.min() < 0 or arr.max() >= input_shape[1]):
-        raise ShapeError(
-            f"F.{op}: class labels must lie in [0, {input_shape[1]}), got {int(arr.max())}"
-            if arr.max() >= input_shape[1]
-            else f"F.{op}: class labels must lie in [0, {input_shape[1]}), got {int(arr.min())}"
-        )
+    if len(input_shape) == 2:
+        bad = arr[((arr < 0) | (arr >= input_shape[1])) & (arr != ignore_index)]
+        if bad.size:
+            raise ShapeError(
+                f"F.{op}: class labels must lie in [0, {input_shape[1]}) (or be the ignore_index "
+                f"{ignore_index}), got {int(bad[0])}"
+            )
     return arr
 
 
@@ -674,6 +973,8 @@ def adaptive_max_pool2d(
     if return_indices:
         raise AttributeValueError("F.adaptive_max_pool2d: return_indices=True is not supported")
     shape = _shape_of(input)
+    if len(shape) == 3:
+        return _unbatched(input, lambda x: adaptive_max_pool2d(x, output_size, backend=backend))
     if len(shape) != 4:
         raise ShapeError(f"F.adaptive_max_pool2d: expected input [N,C,H,W], got shape {list(shape)}")
     sizes = (output_size, output_size) if not isinstance(output_size, (tuple, list)) else tuple(output_size)
@@ -712,8 +1013,16 @@ def conv_transpose2d(
 ) -> Tensor:
     """The transposed 2-D convolution ("deconvolution"); ``weight`` is ``[Cin, Cout/groups, kh, kw]``.
 
-    The output size is ``(in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1``.
+    The output size is ``(in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1``;
+    a [C, H, W] input is one unbatched image.
     """
+    if len(_shape_of(input)) == 3:
+        return _unbatched(
+            input,
+            lambda x: conv_transpose2d(
+                x, weight, bias, stride, padding, output_padding, groups, dilation, backend=backend
+            ),
+        )
     attrs = {
         "stride": stride,
         "padding": padding,
@@ -822,21 +1131,11 @@ def interpolate(
     ``bilinear``), with PyTorch's coordinates and output size ``floor(in * scale_factor)``."""
     where = "F.interpolate"
     shape = _shape_of(input)
-    if mode not in ("nearest", "nearest-exact", "bilinear"):
-        raise AttributeValueError(
-            f"{where}: mode must be 'nearest', 'nearest-exact' or 'bilinear' (the modes convforge "
-            f"runs), got {mode!r}"
-        )
+    check_resize(where, size, scale_factor, mode, align_corners)
     if len(shape) != 4:
         raise ShapeError(f"{where}: expected input [N,C,H,W] of rank 4, got shape {list(shape)}")
     if antialias:
         raise AttributeValueError(f"{where}: antialias=True is not supported")
-    if align_corners is not None and mode != "bilinear":
-        raise AttributeValueError(
-            f"{where}: align_corners applies to mode 'bilinear' only (as PyTorch), got mode {mode!r}"
-        )
-    if (size is None) == (scale_factor is None):
-        raise AttributeValueError(f"{where}: give exactly one of size and scale_factor")
     scales = None
     if size is not None:
         out = int_tuple("size", size, 2, where=where)
@@ -857,6 +1156,22 @@ def interpolate(
         scales = None if recompute_scale_factor else tuple(float(f) for f in factors)
     attrs = {"size": out, "mode": mode, "align_corners": bool(align_corners), "scales": scales}
     return _call("interpolate", [input], attrs, backend)
+
+
+def check_resize(where: str, size: Any, scale_factor: Any, mode: str, align_corners: bool | None) -> None:
+    """Refuse a resize mode convforge does not run, both or neither of ``size`` and
+    ``scale_factor``, and ``align_corners`` outside mode ``bilinear`` (as PyTorch)."""
+    if mode not in ("nearest", "nearest-exact", "bilinear"):
+        raise AttributeValueError(
+            f"{where}: mode must be 'nearest', 'nearest-exact' or 'bilinear' (the modes convforge "
+            f"runs), got {mode!r}"
+        )
+    if align_corners is not None and mode != "bilinear":
+        raise AttributeValueError(
+            f"{where}: align_corners applies to mode 'bilinear' only (as PyTorch), got mode {mode!r}"
+        )
+    if (size is None) == (scale_factor is None):
+        raise AttributeValueError(f"{where}: give exactly one of size and scale_factor")
 
 
 def upsample(

@@ -337,6 +337,30 @@ def _bounded(shape: tuple[int, ...], where: str, what: str = "parameter") -> tup
     return shape
 
 
+def _check_channels(name: str, in_channels: int, out_channels: int, groups: int) -> None:
+    for label, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise AttributeValueError(f"{name}: {label} must be a positive int, got {v!r}")
+    if in_channels % groups or out_channels % groups:
+        raise AttributeValueError(
+            f"{name}: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+        )
+
+
+def _weight_and_bias(layer: Module, shape: tuple[int, ...], bias: int | None) -> None:
+    """``layer.weight`` of ``shape`` and ``layer.bias`` of ``bias`` features (None: no bias),
+    initialised as PyTorch's kaiming_uniform(a=sqrt(5)): uniform in +-1/sqrt(fan_in), fan_in
+    being the weight's size over its dim 0 (for a transposed conv too, as PyTorch counts it)."""
+    name = type(layer).__name__
+    _bounded(shape, name, "weight")
+    bound = 1.0 / math.sqrt(math.prod(shape) // shape[0])
+    layer.weight = _uniform(shape, bound, name)
+    if bias is not None:
+        layer.bias = _uniform((bias,), bound, name)
+    else:
+        layer.register_parameter("bias", None)
+
+
 #: Conv padding modes, as PyTorch's (``"zeros"`` pads inside the convolution)
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -359,14 +383,7 @@ class _ConvNd(Module):
         super().__init__()
         name = type(self).__name__
         n = self._dims
-        for label, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise AttributeValueError(f"{name}: {label} must be a positive int, got {v!r}")
-        if in_channels % groups or out_channels % groups:
-            raise AttributeValueError(
-                f"{name}: groups={groups} must divide in_channels={in_channels} "
-                f"and out_channels={out_channels}"
-            )
+        _check_channels(name, in_channels, out_channels, groups)
         if padding_mode not in _PADDING_MODES:
             raise AttributeValueError(
                 f"{name}: padding_mode must be one of {', '.join(map(repr, _PADDING_MODES))}, "
@@ -386,14 +403,8 @@ class _ConvNd(Module):
         pads = F.resolve_padding(self.padding, self.kernel_size, self.dilation, self.stride, name)
         attrs = {"stride": self.stride, "padding": pads, "dilation": self.dilation, "groups": groups}
         registry.get(f"conv{n}d").normalize(attrs, where=name)
-        _bounded((out_channels, in_channels // groups, *self.kernel_size), name, "weight")
-        fan_in = in_channels // groups * math.prod(self.kernel_size)
-        bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)), PyTorch's default
-        self.weight = _uniform((out_channels, in_channels // groups, *self.kernel_size), bound, name)
-        if bias:
-            self.bias = _uniform((out_channels,), bound, name)
-        else:
-            self.register_parameter("bias", None)
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        _weight_and_bias(self, shape, out_channels if bias else None)
 
     def _padded(self, x: Any) -> tuple[Any, Any]:
         """(input, conv padding): with a padding_mode other than zeros the input is padded by
@@ -538,14 +549,7 @@ class ConvTranspose2d(Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        for label, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise AttributeValueError(f"{name}: {label} must be a positive int, got {v!r}")
-        if in_channels % groups or out_channels % groups:
-            raise AttributeValueError(
-                f"{name}: groups={groups} must divide in_channels={in_channels} "
-                f"and out_channels={out_channels}"
-            )
+        _check_channels(name, in_channels, out_channels, groups)
         if padding_mode != "zeros":
             raise AttributeValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
@@ -562,14 +566,8 @@ class ConvTranspose2d(Module):
             "groups": groups,
         }
         registry.get("conv_transpose2d").normalize(attrs, where=name)
-        # kaiming_uniform(a=sqrt(5)) as PyTorch: the fan-in of a transposed weight is dim 1
-        _bounded((in_channels, out_channels // groups, *self.kernel_size), name, "weight")
-        bound = 1.0 / math.sqrt(out_channels // groups * math.prod(self.kernel_size))
-        self.weight = _uniform((in_channels, out_channels // groups, *self.kernel_size), bound, name)
-        if bias:
-            self.bias = _uniform((out_channels,), bound, name)
-        else:
-            self.register_parameter("bias", None)
+        shape = (in_channels, out_channels // groups, *self.kernel_size)
+        _weight_and_bias(self, shape, out_channels if bias else None)
 
     def forward(self, x: Any) -> Any:
         return F.conv_transpose2d(
@@ -605,13 +603,7 @@ class Linear(Module):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise AttributeValueError(f"Linear: {label} must be a positive int, got {v!r}")
         self.in_features, self.out_features = in_features, out_features
-        _bounded((out_features, in_features), "Linear", "weight")
-        bound = 1.0 / math.sqrt(in_features)
-        self.weight = _uniform((out_features, in_features), bound, "Linear")
-        if bias:
-            self.bias = _uniform((out_features,), bound, "Linear")
-        else:
-            self.register_parameter("bias", None)
+        _weight_and_bias(self, (out_features, in_features), out_features if bias else None)
 
     def forward(self, x: Any) -> Any:
         return F.linear(x, self.weight, self.bias)
@@ -764,16 +756,7 @@ class Upsample(Module):
         recompute_scale_factor: bool | None = None,
     ) -> None:
         super().__init__()
-        if mode not in ("nearest", "nearest-exact", "bilinear"):
-            raise AttributeValueError(
-                f"Upsample: mode must be 'nearest', 'nearest-exact' or 'bilinear', got {mode!r}"
-            )
-        if (size is None) == (scale_factor is None):
-            raise AttributeValueError("Upsample: give exactly one of size and scale_factor")
-        if align_corners is not None and mode != "bilinear":
-            raise AttributeValueError(
-                f"Upsample: align_corners applies to mode 'bilinear' only, got {mode!r}"
-            )
+        F.check_resize(type(self).__name__, size, scale_factor, mode, align_corners)
         self.size, self.scale_factor, self.mode = size, scale_factor, mode
         self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
 
@@ -894,16 +877,7 @@ class LayerNorm(Module):
         )
         self.normalized_shape, self.eps = attrs["normalized_shape"], attrs["eps"]
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            _bounded(tuple(self.normalized_shape), "LayerNorm", "weight")
-            self.weight = Parameter(np.ones(self.normalized_shape, np.float32))
-            if bias:
-                self.bias = Parameter(np.zeros(self.normalized_shape, np.float32))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, tuple(self.normalized_shape), elementwise_affine, bias)
 
     def forward(self, x: Any) -> Any:
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -932,19 +906,27 @@ class GroupNorm(Module):
             attrs["eps"],
             affine,
         )
-        if affine:
-            _bounded((num_channels,), "GroupNorm", "weight")
-            self.weight = Parameter(np.ones(num_channels, np.float32))
-            self.bias = Parameter(np.zeros(num_channels, np.float32))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, (num_channels,), affine, True)
 
     def forward(self, x: Any) -> Any:
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+def _affine_parameters(norm: Module, shape: tuple[int, ...], affine: bool, bias: bool) -> None:
+    """A normalisation layer's ``weight`` (ones) and ``bias`` (zeros) of ``shape``, PyTorch's
+    initialisation; ``None`` where ``affine`` (or ``bias``) is off."""
+    if affine:
+        _bounded(shape, type(norm).__name__, "weight")
+        norm.weight = Parameter(np.ones(shape, np.float32))
+    else:
+        norm.register_parameter("weight", None)
+    if affine and bias:
+        norm.bias = Parameter(np.zeros(shape, np.float32))
+    else:
+        norm.register_parameter("bias", None)
 
 
 class Dropout(Module):
@@ -972,20 +954,41 @@ class Flatten(Module):
         return F.flatten(x, self.start_dim, self.end_dim)
 
 
-class ReLU(Module):
+class _Activation(Module):
+    """A pointwise layer: ``forward`` is ``F.<_op>(x, *_attrs)``, then PyTorch's ``inplace``
+    flag where the function takes one (``_inplace``); a subclass that sets ``_check_attrs``
+    has its attributes checked by the op when it is built."""
+
+    _op = ""
+    _attrs: tuple[str, ...] = ()
+    _inplace = True
+    _check_attrs = False
+
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()
+        self.inplace = inplace
+
+    def _set(self, **attrs: Any) -> None:
+        for k, v in attrs.items():
+            setattr(self, k, v)
+        if self._check_attrs:
+            values = {k: getattr(self, k) for k in self._attrs}
+            registry.get(self._op).normalize(values, where=type(self).__name__)
 
     def forward(self, x: Any) -> Any:
-        return F.relu(x)
+        args = [getattr(self, k) for k in self._attrs]
+        return getattr(F, self._op)(x, *args, *([self.inplace] if self._inplace else []))
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._attrs)
 
 
-class ReLU6(Module):
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
+class ReLU(_Activation):
+    _op, _inplace = "relu", False
 
-    def forward(self, x: Any) -> Any:
-        return F.relu6(x)
+
+class ReLU6(_Activation):
+    _op, _inplace = "relu6", False
 
 
 class LeakyReLU(Module):
@@ -1007,30 +1010,12 @@ class Tanh(Module):
         return F.tanh(x)
 
 
-class _Activation(Module):
-    """A pointwise activation layer: its attributes are checked when it is built."""
-
-    _op = ""
-    _attrs: tuple[str, ...] = ()
-
-    def _check(self) -> None:
-        attrs = {k: getattr(self, k) for k in self._attrs}
-        registry.get(self._op).normalize(attrs, where=type(self).__name__)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._attrs)
-
-
 class ELU(_Activation):
-    _op, _attrs = "elu", ("alpha",)
+    _op, _attrs, _check_attrs = "elu", ("alpha",), True
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
-        super().__init__()
-        self.alpha, self.inplace = alpha, inplace
-        self._check()
-
-    def forward(self, x: Any) -> Any:
-        return F.elu(x, self.alpha, self.inplace)
+        super().__init__(inplace)
+        self._set(alpha=alpha)
 
 
 class GELU(Module):
@@ -1047,82 +1032,52 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
 
-class SiLU(Module):
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = inplace
-
-    def forward(self, x: Any) -> Any:
-        return F.silu(x, self.inplace)
+class SiLU(_Activation):
+    _op = "silu"
 
 
-class Hardswish(Module):
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = inplace
-
-    def forward(self, x: Any) -> Any:
-        return F.hardswish(x, self.inplace)
+class Hardswish(_Activation):
+    _op = "hardswish"
 
 
-class Hardsigmoid(Module):
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = inplace
-
-    def forward(self, x: Any) -> Any:
-        return F.hardsigmoid(x, self.inplace)
+class Hardsigmoid(_Activation):
+    _op = "hardsigmoid"
 
 
-class Mish(Module):
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = inplace
-
-    def forward(self, x: Any) -> Any:
-        return F.mish(x, self.inplace)
+class Mish(_Activation):
+    _op = "mish"
 
 
 class Hardtanh(_Activation):
-    _op, _attrs = "hardtanh", ("min_val", "max_val")
+    _op, _attrs, _check_attrs = "hardtanh", ("min_val", "max_val"), True
 
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> None:
-        super().__init__()
-        self.min_val, self.max_val, self.inplace = min_val, max_val, inplace
-        self._check()
-
-    def forward(self, x: Any) -> Any:
-        return F.hardtanh(x, self.min_val, self.max_val, self.inplace)
+        super().__init__(inplace)
+        self._set(min_val=min_val, max_val=max_val)
 
 
 class Softplus(_Activation):
-    _op, _attrs = "softplus", ("beta", "threshold")
+    _op, _attrs, _inplace, _check_attrs = "softplus", ("beta", "threshold"), False, True
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
         super().__init__()
-        self.beta, self.threshold = beta, threshold
-        self._check()
-
-    def forward(self, x: Any) -> Any:
-        return F.softplus(x, self.beta, self.threshold)
+        self._set(beta=beta, threshold=threshold)
 
 
-class Softmax(Module):
+class Softmax(_Activation):
+    _op, _attrs, _inplace = "softmax", ("dim",), False
+
     def __init__(self, dim: int = 1) -> None:
         super().__init__()
         self.dim = dim
 
-    def forward(self, x: Any) -> Any:
-        return F.softmax(x, self.dim)
 
+class LogSoftmax(_Activation):
+    _op, _attrs, _inplace = "log_softmax", ("dim",), False
 
-class LogSoftmax(Module):
     def __init__(self, dim: int = 1) -> None:
         super().__init__()
         self.dim = dim
-
-    def forward(self, x: Any) -> Any:
-        return F.log_softmax(x, self.dim)
 
 
 class Identity(Module):
@@ -1133,3 +1088,7 @@ class Identity(Module):
 def _where(module: Module) -> str:
     tracer = trace.active()
     return tracer.where() if tracer is not None else type(module).__name__
+
+
+from convforge.frontend.losses import *  # noqa: E402, F401, F403  (the loss modules; they import nn)
+from convforge.frontend.sync_batchnorm import SyncBatchNorm  # noqa: E402, F401  (needs _BatchNorm above)

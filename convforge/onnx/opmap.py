@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from convforge.ir.types import BATCH
+from convforge.ir.types import BATCH, TensorType
 from convforge.onnx import folding
 from convforge.onnx.importer import NodeContext, Ref, converts
 
@@ -101,14 +101,7 @@ def _window_attrs(cx: NodeContext, nd: int, kernel: Sequence[int]) -> tuple[list
 # =========================================================================================
 @converts("Conv")
 def _(cx: NodeContext) -> None:
-    x, w = cx.type(0), cx.type(1)
-    nd = x.rank - 2
-    if nd not in (1, 2):
-        raise cx.fail(f"{nd}-D convolution (input {x}) is not supported; convforge has Conv 1-D and 2-D")
-    kernel = list(w.shape[2:])
-    if cx.attr("kernel_shape") is not None and cx.ints("kernel_shape") != kernel:
-        raise cx.unsupported_attr("kernel_shape", cx.ints("kernel_shape"), f"the weight's {kernel}")
-    strides, dilations = _window_attrs(cx, nd, kernel)
+    x, nd, kernel, strides, dilations = _conv_window(cx, "convolution")
     lo, hi = _spatial_pads(cx, x.shape[2:], kernel, strides, dilations)
     attrs = {
         "stride": tuple(strides),
@@ -122,14 +115,8 @@ def _(cx: NodeContext) -> None:
 
 @converts("ConvTranspose")
 def _(cx: NodeContext) -> None:
-    x, w = cx.type(0), cx.type(1)
-    nd = x.rank - 2
-    if nd not in (1, 2):
-        raise cx.fail(f"{nd}-D transposed convolution (input {x}) is not supported; convforge has 1-D, 2-D")
-    kernel = list(w.shape[2:])
-    if cx.attr("kernel_shape") is not None and cx.ints("kernel_shape") != kernel:
-        raise cx.unsupported_attr("kernel_shape", cx.ints("kernel_shape"), f"the weight's {kernel}")
-    strides, dilations = _window_attrs(cx, nd, kernel)
+    x, nd, kernel, strides, dilations = _conv_window(cx, "transposed convolution")
+    w = cx.type(1)
     out_pad = cx.ints("output_padding", [0] * nd)
     if len(out_pad) != nd:
         raise cx.unsupported_attr("output_padding", out_pad, f"{nd} ints")
@@ -152,6 +139,20 @@ def _(cx: NodeContext) -> None:
         n, c, _, length = _type_of(cx, y).shape
         y = _reshape(cx, y, (n, c, length))
     _out(cx, y)
+
+
+def _conv_window(cx: NodeContext, what: str) -> tuple[TensorType, int, list[int], list[int], list[int]]:
+    """(input type, spatial rank, kernel, strides, dilations) of a Conv / ConvTranspose node;
+    only 1-D and 2-D, and a ``kernel_shape`` must agree with the weight."""
+    x, w = cx.type(0), cx.type(1)
+    nd = x.rank - 2
+    if nd not in (1, 2):
+        raise cx.fail(f"{nd}-D {what} (input {x}) is not supported; convforge has {what} 1-D and 2-D")
+    kernel = list(w.shape[2:])
+    if cx.attr("kernel_shape") is not None and cx.ints("kernel_shape") != kernel:
+        raise cx.unsupported_attr("kernel_shape", cx.ints("kernel_shape"), f"the weight's {kernel}")
+    strides, dilations = _window_attrs(cx, nd, kernel)
+    return x, nd, kernel, strides, dilations
 
 
 def _transpose_pads(

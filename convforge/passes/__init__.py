@@ -4,6 +4,7 @@ from convforge.passes import (  # noqa: F401  (each import registers its pass)
     autodiff,
     canonicalize,
     cse,
+    data_parallel,
     dce,
     fold_batchnorm,
     fuse,

@@ -33,6 +33,14 @@ class UpdateRule:
     attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: names of the per-parameter state buffers (``"momentum_buffer"``)
     state: tuple[str, ...] = ()
+    #: per parameter name, attributes overriding ``attrs`` (its param group's options)
+    param_attrs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    #: scale all gradients by ``clip_grad_norm_coef`` first (torch's ``clip_grad_norm_``)
+    clip_grad_norm: float | None = None
+
+    def attrs_for(self, param: str) -> dict[str, Any]:
+        """The update attributes of ``param``."""
+        return {**self.attrs, **self.param_attrs.get(param, {})}
 
 
 class Role(NamedTuple):
@@ -51,7 +59,7 @@ def state_key(param: str, state: str) -> str:
 def build_training_graph(
     forward: Graph,
     *,
-    loss: str,
+    loss: str | None,
     params: Sequence[str],
     optimizer: UpdateRule | None = None,
     grads_of: Sequence[str] = (),
@@ -62,26 +70,34 @@ def build_training_graph(
 
     * the loss ``loss`` (a key of :data:`LOSSES`) of output 0 against a new input
       ``target`` (i64 class labels for ``cross_entropy``, else output 0's type) becomes
-      output 0;
+      output 0; with ``loss=None`` output 0 already is the loss, a scalar (a traced loss
+      function of a ``target`` input the graph has);
     * ``simplify``, then ``autodiff`` with respect to ``params`` (and ``grads_of``), then
       ``dce`` run on the graph;
-    * with ``optimizer``: one update node per parameter (reading the input ``step``, the
-      step counter, and the inputs :func:`state_key` names for its state), whose results
+    * with ``optimizer``: with its ``clip_grad_norm``, every gradient times the
+      ``clip_grad_norm_coef`` of them all; then one update node per parameter (with
+      :meth:`UpdateRule.attrs_for` it, reading the input ``step``, the step counter,
+      and the inputs :func:`state_key` names for its state), whose results
       are outputs with role ``("store", name)``, and then ``state_updates`` (stored key ->
       a forward value, e.g. batch-norm running statistics), also ``("store", key)``;
     * without: the gradients are outputs with role ``("grad", name)``, ``params`` first.
 
     Returns the graph and one :class:`Role` per output.
     """
-    if loss not in LOSSES:
+    if loss is not None and loss not in LOSSES:
         raise ConvforgeError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     graph = forward
     output = graph.outputs[0]
-    if loss == "cross_entropy":
-        target = graph.add_input("target", TensorType("i64", (BATCH,)))
+    if loss is None:
+        if output.type.shape != ():
+            raise ConvforgeError(f"the loss must be a scalar, got {output.type} (output 0 of @{graph.name})")
+        loss_value = output
     else:
-        target = graph.add_input("target", output.type)
-    loss_value = graph.call(LOSSES[loss], output, target, meta={"layer": "loss"})
+        if loss == "cross_entropy":
+            target = graph.add_input("target", TensorType("i64", (BATCH,)))
+        else:
+            target = graph.add_input("target", output.type)
+        loss_value = graph.call(LOSSES[loss], output, target, meta={"layer": "loss"})
     graph.set_outputs([loss_value])
     wrt = [*params, *grads_of] if optimizer is None else list(params)
     PassManager([*parse_pipeline(simplify), Autodiff(wrt="|".join(wrt)), DeadCodeElimination()]).run(graph)
@@ -94,6 +110,10 @@ def build_training_graph(
     grads = [graph.outputs[grad_index[name]] for name in params]
     outputs = [loss_value]
     with graph.meta_scope(phase="update"):
+        if optimizer.clip_grad_norm is not None and grads:
+            meta = {"layer": "clip_grad_norm"}
+            coef = graph.call("clip_grad_norm_coef", *grads, max_norm=optimizer.clip_grad_norm, meta=meta)
+            grads = [graph.call("mul", grad, coef, meta=meta) for grad in grads]
         names = {v.name for v in graph.inputs}
         step = graph.input("step") if "step" in names else graph.add_input("step", TensorType("i64", ()))
         for name, grad in zip(params, grads):
@@ -106,7 +126,7 @@ def build_training_graph(
                 *states,
                 step,
                 meta={"layer": f"optimizer ({name})"},
-                **optimizer.attrs,
+                **optimizer.attrs_for(name),
             )
             outputs += list(new) if isinstance(new, tuple) else [new]
             roles += [Role("store", name)] + [Role("store", state_key(name, s)) for s in optimizer.state]

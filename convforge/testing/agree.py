@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 import convforge as cf
-from convforge.backends import get_backend
+from convforge.backends import get_backend, resolve
 from convforge.errors import ConvforgeError
 from convforge.frontend.compile import FRONT_PIPELINE, trace_model
 from convforge.frontend.nn import Module
@@ -413,7 +413,7 @@ def assert_backends_agree(
     mismatch the ``AssertionError`` names the quantity, the max abs / rel error, and the
     first IR node whose values differ.
     """
-    backends = list(backends)
+    backends = [resolve(b) for b in backends]  # "cpu" is "numba-cpu" here too
     if not backends:
         raise ValueError("assert_backends_agree needs at least one backend")
     if isinstance(model_or_graph, Graph):

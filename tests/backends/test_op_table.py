@@ -90,6 +90,9 @@ _BN = {"x": (F, (N, 3, 2, 2)), "w": (F, (3,)), "b": (F, (3,)), "m": (F, (3,)), "
 _BN_FOLD = {"w": (F, (3,)), "bb": (F, (3,)), "m": (F, (3,)), "v": (F, (3,))}
 _SGD = {"p": (F, (3, 2)), "g": (F, (3, 2)), "buf": (F, (3, 2)), "step": ("i64", ())}
 _ADAM = {"p": (F, (4,)), "g": (F, (4,)), "m": (F, (4,)), "v": (F, (4,)), "step": ("i64", ())}
+_RMSPROP = {"p": (F, (4,)), "g": (F, (4,)), "sq": (F, (4,)), "buf": (F, (4,)), "ga": (F, (4,)),
+            "step": ("i64", ())}  # fmt: skip
+_ADAGRAD = {"p": (F, (2, 3)), "g": (F, (2, 3)), "s": (F, (2, 3)), "step": ("i64", ())}
 _CE = {"logits": (F, (N, 4)), "target": ("i64", (N,))}
 _CE_VALUES = {"target": np.array([0, 3, 1]), "g": np.asarray(1.5, dtype=np.float32)}
 _WINDOW3 = {"kernel_size": (3, 3), "stride": (2, 2), "padding": (1, 1)}
@@ -193,6 +196,14 @@ CASES = [
          {"gy": (F, (N, 3, 5)), "x": (F, (N, 3, 5)), "w": (F, (3,)), "m": (F, (3,)), "v": (F, (3,))}),
     case("local_response_norm", "local_response_norm", {"x": (F, (N, 5, 2, 3))},
          {"size": 3, "alpha": 0.5, "beta": 0.75, "k": 1.5}),
+    # collective: one process, so all_reduce is the identity (tests/distributed runs ranks)
+    case("all_reduce-mean", "all_reduce", {"x": (F, (N, 3, 2))}, {"reduce": "mean", "bucket": 0}),
+    case("all_reduce-sum", "all_reduce", {"x": (F, (7,))}, {"reduce": "sum"}),
+    case("sync_batch_norm", "sync_batch_norm", {**_BN, "rm": (F, (3,)), "rv": (F, (3,)), "n": (F, (1,))},
+         {"eps": 1e-3, "momentum": 0.2}, values={"n": np.array([8.0])}),
+    case("channel_count", "channel_count", {"x": (F, (N, 3, 2, 2))}),
+    case("sync_batch_norm_backward", "sync_batch_norm_backward",
+         {"gy": (F, (N, 3, 5)), "x": (F, (N, 3, 5)), "w": (F, (3,)), "m": (F, (3,)), "v": (F, (3,))}),
     case("local_response_norm-even-onnx", "local_response_norm", {"x": (F, (N, 4, 3))},
          {"size": 4, "alpha": 0.2, "beta": 0.6, "k": 2.0, "before": 1}),
     case("local_response_norm_backward", "local_response_norm_backward",
@@ -353,6 +364,24 @@ CASES = [
              values={"step": _step(3)})
         for wd in (0.0, 0.1)
     ),
+    case("adam_update-decoupled", "adam_update", _ADAM,
+         {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}, values={"step": _step(2)}),
+    *(
+        case(f"rmsprop_update-{k}", "rmsprop_update", _RMSPROP, {"lr": 0.01, **attrs},
+             values={"step": _step(2), "ga": lambda rng, shape: 0.1 * rng.standard_normal(shape)})
+        for k, attrs in enumerate([
+            {},
+            {"weight_decay": 0.1, "momentum": 0.9},
+            {"alpha": 0.9, "centered": True, "eps": 1e-6},
+        ])
+    ),
+    *(
+        case(f"adagrad_update-{k}", "adagrad_update", _ADAGRAD, attrs, values={"step": _step(3)})
+        for k, attrs in enumerate([{"lr": 0.1}, {"lr": 0.1, "lr_decay": 0.5, "weight_decay": 0.1}])
+    ),
+    case("clip_grad_norm_coef", "clip_grad_norm_coef",
+         {"g0": (F, (3, 2)), "g1": (F, (4,)), "g2": (F, (N, 2))}, {"max_norm": 0.5}),
+    case("clip_grad_norm_coef-unclipped", "clip_grad_norm_coef", {"g0": (D, (5,))}, {"max_norm": 100.0}),
 ]  # fmt: skip
 
 

@@ -214,7 +214,8 @@ CASES: list[Case] = [
 #: by passes that run after autodiff (fuse: max_pool2d_argmax; fold_batchnorm: bn_fold_*). The "fusion"
 #: family of docs/ops.md (the fusion op) is made by fuse, so it is exempt too.
 NOT_DIFFERENTIABLE = {
-    "sgd_update", "adam_update", "ones_like", "zeros_like",
+    "sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "clip_grad_norm_coef",
+    "ones_like", "zeros_like",
     "max_pool2d_argmax", "bn_fold_weight", "bn_fold_weight_transposed", "bn_fold_bias",
 }  # fmt: skip
 EXEMPT_FAMILIES = {"fusion"}

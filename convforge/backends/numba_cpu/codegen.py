@@ -9,18 +9,23 @@ no per-op dispatch beyond these lines. Kernels come from ``kernels/<family>.py``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from convforge.backends import cache
+from convforge.backends.lowering import HostCall
 from convforge.backends.numba_cpu import kernels
 from convforge.ir.graph import Graph, Value
 from convforge.ir.types import BATCH
 
 # generated kernels call helpers in ``kernels/*.py``: a helper change must miss the cache
 FLAGS = f"numba-cpu;parallel;helpers={kernels.SOURCES_HASH}"
+
+#: a kernel call in a driver line (``K3(...)``): how the profiler maps calls to IR nodes
+KERNEL_CALL = re.compile(r"\b(K\d+)\(")
 
 #: names the driver itself binds: IR-named locals must not take them
 RESERVED = frozenset({"N", "I", "V", "O", "K", "T", "np", "numba", "math", "run"})
@@ -72,6 +77,15 @@ class Context:
             self._static[id(fn)] = name
             self.kernels.append(KernelRef(name, label, fn))
             cache.track(label, fn)
+        return self._static[id(fn)]
+
+    def host(self, fn: Any, label: str) -> str:
+        """The driver name of host function ``fn(communicator, *args)`` (a collective): the
+        executable binds its communicator when it runs (:class:`~convforge.backends.lowering.HostCall`)."""
+        if id(fn) not in self._static:
+            name = f"K{len(self.kernels)}"
+            self._static[id(fn)] = name
+            self.kernels.append(KernelRef(name, label, HostCall(fn, label)))
         return self._static[id(fn)]
 
     def generated(self, key: Any, source: str, pattern: str) -> str:
@@ -145,6 +159,8 @@ class Program:
     kernel_sources: list[tuple[str, str]]
     planned: list[Value]  # values bound to V[i]
     direct_outputs: set[int]  # indices of outputs a kernel writes in place
+    #: (IR node, kernel local name) per kernel call, in the order the driver makes them
+    call_sites: list[tuple[Any, str]] = field(default_factory=list)
 
     def source(self) -> str:
         """The driver, every generated kernel file, and the static kernels it calls by name."""
@@ -187,13 +203,18 @@ def generate(graph: Graph, planned: list[Value], views: set[int]) -> Program:
             elif id(out) in planned_index:
                 prologue.append(f"{name} = V[{planned_index[id(out)]}]")
 
+    call_sites: list[tuple[Any, str]] = []
     for node in graph.nodes:
         lower = table.lookup(node)
         ins = [ctx.names[id(v)] for v in node.inputs]
         outs = [ctx.names[id(v)] for v in node.outputs]
         fused = node.meta.get("fused_from")
         ctx.line(f"# {node.describe()}" + (f": {' -> '.join(fused)}" if fused else ""))
+        first = len(ctx.lines)
         lower(ctx, node, ins, outs)
+        for text in ctx.lines[first:]:
+            if not text.lstrip().startswith("#"):
+                call_sites += [(node, k) for k in KERNEL_CALL.findall(text)]
     for j, v in enumerate(graph.outputs):
         if j not in direct:
             ctx.line(f"O[{j}][...] = {ctx.names[id(v)]}")
@@ -220,4 +241,4 @@ def generate(graph: Graph, planned: list[Value], views: set[int]) -> Program:
     body.append("    return O")
     source = "\n".join(header + body) + "\n"
     module = cache.load_module(source, prefix="driver", flags=FLAGS)
-    return Program(module.run, ctx.kernels, source, ctx.sources, planned, direct)
+    return Program(module.run, ctx.kernels, source, ctx.sources, planned, direct, call_sites)

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 import numba
 import numpy as np
 
-from convforge.backends import cache
+from convforge.backends import cache, progress
 from convforge.backends.base import Executable
+from convforge.backends.lowering import HostCall
 from convforge.backends.numba_cpu.codegen import Program, generate
 from convforge.errors import ConvforgeError
 from convforge.ir.graph import Graph
@@ -109,10 +110,18 @@ class NumbaCpuExecutable(Executable):
                     f"out[{j}] must be a C-contiguous {v.type} array, got {arr.dtype}{list(arr.shape)}"
                 )
             outs[j] = arr
-        self.program.run(batch, arrays, views, outs, tuple(k.dispatcher for k in self.program.kernels))
-        if not self._reported:
-            self._reported = True
-            cache.report_new()
+        kernels = tuple(
+            k.dispatcher.bind(self.communicator) if isinstance(k.dispatcher, HostCall) else k.dispatcher
+            for k in self.program.kernels
+        )
+        if self._reported:
+            self.program.run(batch, arrays, views, outs, kernels)
+            return outs
+        # the first run compiles (or loads) every kernel: that stall is shown, not silent
+        with progress.compiling(f"@{self.graph.name}", kernels, self.progress):
+            self.program.run(batch, arrays, views, outs, kernels)
+        self._reported = True
+        cache.report_new()
         return outs
 
     def source(self) -> str:

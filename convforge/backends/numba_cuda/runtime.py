@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from convforge.backends import progress
 from convforge.backends.base import Executable, HostState, check_inputs, check_labels
+from convforge.backends.lowering import HostCall
 from convforge.backends.numba_cuda.codegen import GPU, SIMULATOR, Program, View, lower
 from convforge.errors import BackendError, ConvforgeError, ShapeError
 from convforge.ir.graph import Graph, Value
@@ -198,6 +200,13 @@ class NumbaCudaExecutable(Executable):
             + (self._probe.source())
         )
 
+    def prepare(self, batch: int = 2) -> None:
+        """Compile every kernel for ``batch`` now (on a GPU kernels compile when a batch size
+        is first bound; the simulator compiles nothing); no buffer is loaded or run."""
+        last = self._last_batch
+        self._bound_for(batch)
+        self._last_batch = last
+
     # -- checks ----------------------------------------------------------------------------
     def _check(self, inputs: Mapping[str, Any], *, complete: bool) -> int:
         """Validate names, dtypes and shapes (and class labels) before any kernel; return the batch."""
@@ -224,7 +233,7 @@ class NumbaCudaExecutable(Executable):
             if name in inputs:
                 arr = inputs[name]
                 host = arr.copy_to_host() if is_device_array(arr) else np.asarray(arr)
-                check_labels(name, host, classes)
+                check_labels(name, host, classes, self.label_ignore.get(name))
         return batch
 
     def _given_batch(self, inputs: Mapping[str, Any]) -> int:
@@ -300,13 +309,19 @@ class _Bound:
                 elif id(out) not in self.arrays:  # a graph output: its own buffer
                     self.arrays[id(out)] = cuda.device_array(_storage(out, batch), out.type.np_dtype)
         self.calls = []
-        for launch in program.launches:
-            args = tuple(self._resolve(a) for a in launch.args)
-            kernel = launch.kernel
-            if not exe.simulate:
-                # compile now for these argument types: a launch then skips Numba's per-call typing
-                kernel = kernel.specialize(*args)
-            self.calls.append((kernel[launch.grid, launch.block], args))
+        kernels = [launch.kernel for launch in program.launches]
+        with progress.compiling(f"@{graph.name}", kernels, exe.progress) as watcher:
+            for launch in program.launches:
+                args = tuple(self._resolve(a) for a in launch.args)
+                kernel = launch.kernel
+                if isinstance(kernel, HostCall):  # a collective: Python on the host, given device arrays
+                    self.calls.append((kernel.bind(exe.communicator), args))
+                    continue
+                if not exe.simulate:
+                    # compile now for these argument types: a launch then skips Numba's per-call typing
+                    kernel = kernel.specialize(*args)
+                    watcher.ready_now(launch.kernel)
+                self.calls.append((kernel[launch.grid, launch.block], args))
 
     def _resolve(self, arg: Any) -> Any:
         if isinstance(arg, Value):

@@ -10,13 +10,19 @@ from convforge.backends.base import Executable
 from convforge.errors import ConvforgeError, wrap_error
 from convforge.ir.graph import Graph
 from convforge.ir.ops import registry
+from convforge.ir.ops.collective import LOCAL, Communicator
 
 
 def run_graph(
-    graph: Graph, inputs: Mapping[str, np.ndarray], *, trace: dict | None = None
+    graph: Graph,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    trace: dict | None = None,
+    communicator: Communicator = LOCAL,
 ) -> list[np.ndarray]:
     """Evaluate ``graph`` on named inputs; ``trace`` (if given) receives every value by name.
-    A region op's node (``fusion``) runs its region."""
+    A region op's node (``fusion``) runs its region; a collective op (``all_reduce``) runs
+    through ``communicator``."""
     env: dict[int, np.ndarray] = {}
     for v in graph.inputs:
         if v.name not in inputs:
@@ -29,8 +35,12 @@ def run_graph(
             if op.region:
                 assert node.region is not None
                 results: Sequence[np.ndarray] = run_graph(
-                    node.region, {v.name: a for v, a in zip(node.region.inputs, args)}
+                    node.region,
+                    {v.name: a for v, a in zip(node.region.inputs, args)},
+                    communicator=communicator,
                 )
+            elif op.collective:
+                results = op.run_reference(args, {**node.attrs, "communicator": communicator})
             else:
                 results = op.run_reference(args, node.attrs)
         except ConvforgeError as exc:
@@ -52,7 +62,7 @@ class ReferenceExecutable(Executable):
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         self.check(inputs)
-        return run_graph(self.graph, inputs)
+        return run_graph(self.graph, inputs, communicator=self.communicator)
 
     def source(self) -> str:
         return f"# reference backend: the graph is interpreted with NumPy references\n{self.graph}"

@@ -2,6 +2,7 @@
 
 from convforge.ir.ops import (  # noqa: F401  (each import registers its family's ops)
     activation,
+    collective,
     conv,
     elementwise,
     fusion,

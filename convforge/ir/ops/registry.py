@@ -84,6 +84,9 @@ class Op:
     * ``batch_stats``: input indices whose per-channel statistics are taken over the batch
       (and spatial) dimensions (``batch_norm_train``): every backend refuses, before any
       kernel, an input with a single value per channel (``Executable.check``), as PyTorch does.
+    * ``collective``: the op exchanges data between ranks (``all_reduce``) through the
+      executable's communicator, a run-time object (``ir/ops/collective.py``): its reference
+      takes it as the keyword ``communicator``, and backends lower it to a host call.
 
     Sizes: every input and output type of a node, and every scratch buffer the op's
     :meth:`workspace` rule declares, holds at most ``ir.types.MAX_ELEMENTS`` elements (``N`` counted
@@ -106,6 +109,7 @@ class Op:
         positive: Sequence[int] = (),
         region: bool = False,
         batch_stats: Sequence[int] = (),
+        collective: bool = False,
     ):
         if saves not in ("output", "input"):
             raise ValueError(f"op {name}: saves must be 'output' or 'input', got {saves!r}")
@@ -124,6 +128,7 @@ class Op:
         self.positive = tuple(positive)
         self.region = region
         self.batch_stats = tuple(batch_stats)
+        self.collective = collective
         #: the family file that declares the op (``conv`` for ``ir/ops/conv.py``); backends
         #: lower it in their mirrored ``kernels/<family>.py``
         self.family = sys._getframe(1).f_globals.get("__name__", "").rpartition(".")[2]

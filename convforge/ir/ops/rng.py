@@ -78,3 +78,14 @@ def uniform_array(seed: int, step: int, shape: Sequence[int]) -> np.ndarray:
         index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64)
         bits = mix64(key + index * GOLDEN + INDEX_OFFSET)
     return ((bits >> S11).astype(np.float64) * TWO_POW_M53).reshape(tuple(shape))
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The dropout ``seed`` of data-parallel rank ``rank``: ``seed`` itself on rank 0 (a
+    single process draws the same masks), else ``mix(seed ^ mix(rank + GOLDEN))`` cut to
+    63 bits, so each rank draws its own masks, reproducibly."""
+    if rank == 0:
+        return seed
+    with np.errstate(over="ignore"):
+        key = mix64(_to_u64(seed) ^ mix64(_to_u64(rank) + GOLDEN))
+    return int(key >> np.uint64(1))

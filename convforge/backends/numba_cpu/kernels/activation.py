@@ -67,13 +67,18 @@ def _(ctx, node, ins, outs):
     emit_unary(ctx, node, node.op, ins[0], outs[0])
 
 
-@lowering(*scalar.ops("backward", family="activation"))
-def _(ctx, node, ins, outs):
+def emit_backward(ctx, node, ins, outs) -> None:
+    """The backward op of a pointwise op, ``(x or y, gy) -> gx``, from its declared derivative."""
     src, params = backward_source(node.op)
     k = ctx.generated(("backward", node.op), src, node.op)
     ctx.line(
         f"{k}({ins[0]}.reshape(-1), {ins[1]}.reshape(-1), {outs[0]}.reshape(-1){_attr_args(node, params)})"
     )
+
+
+@lowering(*scalar.ops("backward", family="activation"))
+def _(ctx, node, ins, outs):
+    emit_backward(ctx, node, ins, outs)
 
 
 # -- the derivative of a monotone activation, for the fused max-pool backward --------------

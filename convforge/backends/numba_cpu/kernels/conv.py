@@ -23,6 +23,7 @@ layer's gradients from the pooled gradient and the one-byte argmax, image by ima
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from numba import njit, prange
@@ -31,6 +32,8 @@ from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.blas import copy_run, gemm
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
 from convforge.backends.numba_cpu.kernels.pool import scatter_pooled_grad, window
+from convforge.backends.numba_cpu.kernels.winograd import tile_counts
+from convforge.errors import BackendError
 from convforge.ir import scalar
 from convforge.ir.graph import Node
 from convforge.ir.ops.conv import pad_pairs
@@ -383,12 +386,30 @@ def kernel(x, w, b, {bn_param}conv, pool, nt, y, am):
     want_arg = am.shape[0] == N  # a real argmax buffer (training), not the empty stand-in
 {bn_setup}
     chunks = max(1, min(N, nt))
+{conv_loop}
+"""
+
+_IM2COL_LOOP = """\
     for t in prange(chunks):
         col, xp, r, rw = scratch_buffers(x.shape[1], O, w2.shape[1], kh, kw, sh, sw, dh, dw, ho, wo, x)
         for n in range(t, N, chunks):
             conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r)
-            store(r, rw, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)
-"""
+            store(r, rw, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
+
+# the weights are transformed once per call, output rows split over the threads; then
+# each image is padded, transformed and multiplied (16 GEMMs) into r, which the epilogue reads
+_WINOGRAD_LOOP = """\
+    u = transformed_weights(O, x.shape[1], x)
+    wchunks = max(1, min(O, nt))
+    wstep = (O + wchunks - 1) // wchunks
+    for t in prange(wchunks):
+        weight_transform_rows(w, t * wstep, min(O, (t + 1) * wstep), u)
+    for t in prange(chunks):
+        xp, v, m, r = winograd_buffers(x.shape[1], O, ho, wo, x)
+        for n in range(t, N, chunks):
+            pad_image(x, n, ph, pw, xp)
+            winograd_tiles(xp, u, ho, wo, v, m, r)
+            store(r, wo, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
 
 _STORE_PLAIN = """\
     for o in range(O):
@@ -422,8 +443,9 @@ _STORE_AVG = """\
         avg_pool_plane(r[o], rw, pkh, pkw, psh, psw, hp, wp, y[n, o])"""
 
 
-def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str:
-    """Source of the fused conv kernel for one epilogue: ``pool`` is none|max|avg.
+def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str, algorithm: str = "im2col") -> str:
+    """Source of the fused conv kernel for one epilogue: ``pool`` is none|max|avg,
+    ``algorithm`` im2col|winograd (see :func:`conv_algorithm`).
 
     The max-pool variant writes the argmax only when ``am`` is a real buffer (training), so
     inference and training share one compiled kernel.
@@ -440,14 +462,73 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str) -> str
         bn_param, bn_setup = "bn, ", "    bn_s, bn_t = bn_scale_shift(*bn, True)"
     else:
         bn_param, bn_setup = "", "    bn_s = bn_t = np.empty(0, dtype=y.dtype)"
-    body = _FORWARD.format(store=store, bn_param=bn_param, bn_setup=bn_setup)
+    loop = _WINOGRAD_LOOP if algorithm == "winograd" else _IM2COL_LOOP
+    body = _FORWARD.format(store=store, bn_param=bn_param, bn_setup=bn_setup, conv_loop=loop)
     header = (
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
-        "from convforge.backends.numba_cpu.kernels.conv import conv_gemm_image, scratch_buffers\n"
+        "from convforge.backends.numba_cpu.kernels.conv import conv_gemm_image, pad_image, scratch_buffers\n"
+        "from convforge.backends.numba_cpu.kernels.winograd import (\n"
+        "    transformed_weights, weight_transform_rows, winograd_buffers, winograd_tiles,\n)\n"
         "from convforge.backends.numba_cpu.kernels.norm import bn_scale_shift\n"
         "from convforge.backends.numba_cpu.kernels.pool import avg_pool_plane, max_pool_plane\n\n\n"
     )
     return header + body
+
+
+# -- algorithm selection --------------------------------------------------------------------
+#: environment override of the cost model: ``auto`` (default), ``im2col``, or ``winograd``
+#: (applied where the convolution is eligible, im2col elsewhere)
+ALGO_ENV = "CONVFORGE_CONV_ALGO"
+ALGORITHMS = ("auto", "im2col", "winograd")
+#: the cost model's Winograd thresholds: below them the input/output transforms (about 32
+#: adds per input tile per channel, 24 per output tile) outweigh the 2.25x fewer
+#: multiplications, and the 16 GEMMs [O, C] @ [C, tiles] are too small for BLAS to run fast
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_TILES = 16
+
+
+def conv_algorithm(conv: Node) -> tuple[str, str]:
+    """(algorithm, why) for a forward convolution node: ``im2col`` or ``winograd`` (F(2x2, 3x3)).
+
+    Winograd takes 3x3 conv2d with stride 1, dilation 1 and groups 1; the cost model picks
+    it when input and output channels are both at least ``WINOGRAD_MIN_CHANNELS`` and the
+    output has at least ``WINOGRAD_MIN_TILES`` 2x2 tiles per image. ``$CONVFORGE_CONV_ALGO``
+    overrides the model.
+    """
+    choice = os.environ.get(ALGO_ENV, "auto").strip().lower() or "auto"
+    if choice not in ALGORITHMS:
+        raise BackendError(
+            f"{ALGO_ENV}={os.environ[ALGO_ENV]!r} (node {conv.describe()}): expected one of "
+            f"{', '.join(ALGORITHMS)}"
+        )
+    if choice == "im2col":
+        return "im2col", f"{ALGO_ENV}=im2col"
+    blocker = _winograd_blocker(conv)
+    if blocker:
+        return "im2col", blocker + (f" ({ALGO_ENV}=winograd does not apply)" if choice == "winograd" else "")
+    if choice == "winograd":
+        return "winograd", f"{ALGO_ENV}=winograd"
+    o, c = conv.inputs[1].shape[:2]
+    th, tw = tile_counts(*conv.outputs[0].shape[2:])
+    if min(c, o) < WINOGRAD_MIN_CHANNELS:
+        return "im2col", f"{c} -> {o} channels: fewer than {WINOGRAD_MIN_CHANNELS} for winograd"
+    if th * tw < WINOGRAD_MIN_TILES:
+        return "im2col", f"{th}x{tw} output tiles: fewer than {WINOGRAD_MIN_TILES} for winograd"
+    return "winograd", f"3x3 stride 1, {c} -> {o} channels, {th}x{tw} tiles: 2.25x fewer multiplications"
+
+
+def _winograd_blocker(conv: Node) -> str:
+    """Why Winograd F(2x2, 3x3) cannot run ``conv`` ('' when it can)."""
+    if conv.op != "conv2d":
+        return f"{conv.op}: winograd is for conv2d"
+    kh, kw = conv.inputs[1].shape[2:]
+    a = conv.attrs
+    if (kh, kw) != (3, 3):
+        return f"{kh}x{kw} kernel: winograd is for 3x3"
+    if tuple(a["stride"]) != (1, 1) or tuple(a["dilation"]) != (1, 1) or a["groups"] != 1:
+        geometry = f"stride {list(a['stride'])}, dilation {list(a['dilation'])}, groups {a['groups']}"
+        return f"{geometry}: winograd needs 1, 1, 1"
+    return ""
 
 
 # -- lowering -----------------------------------------------------------------------------
@@ -491,8 +572,15 @@ def emit_forward(
     pool_kind = "none"
     if pool is not None:
         pool_kind = "avg" if pool.op == "avg_pool2d" else "max"
-    key = ("conv", tuple((op, tuple(sorted(at.items()))) for op, at in acts), bn is not None, pool_kind)
-    src = forward_source(acts, bn is not None, pool_kind)
+    algorithm, why = conv_algorithm(conv)
+    key = (
+        "conv",
+        tuple((op, tuple(sorted(at.items()))) for op, at in acts),
+        bn is not None,
+        pool_kind,
+        algorithm,
+    )
+    src = forward_source(acts, bn is not None, pool_kind, algorithm)
     # one file for max_pool2d and max_pool2d_argmax: the kernel writes the argmax when given a buffer
     pool_name = {"max_pool2d": "max_pool2d(+argmax)", "max_pool2d_argmax": "max_pool2d(+argmax)"}
     pattern = " -> ".join(
@@ -514,6 +602,7 @@ def emit_forward(
     bias = b if b is not None else ctx.zeros(cout.shape[1], cout.dtype, "no_bias")
     bn_arg = f"bn=({', '.join(bn)}, {scalar.literal(bn_eps)}), " if bn is not None else ""
     n = ctx.dim(out_value.shape[0])
+    ctx.line(f"# conv algorithm: {algorithm} ({why})")
     # the trailing size spelled out: NumPy cannot infer -1 for an empty array
     rest = math.prod(out_value.type.shape[2:])
     y3 = f"{y}.reshape({n}, {cout.shape[1]}, {rest})"

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from convforge.backends.numba_cpu.kernels import lowering
-from convforge.backends.numba_cpu.kernels.activation import backward_source, emit_unary
+from convforge.backends.numba_cpu.kernels.activation import emit_backward, emit_unary
 from convforge.ir import scalar
 from convforge.ir.ops.elementwise import broadcast_groups, reduce_groups, reduced_dims, reduced_shape
 
@@ -109,11 +109,7 @@ def _(ctx, node, ins, outs):
 
 @lowering(*scalar.ops("backward", family="elementwise"))
 def _(ctx, node, ins, outs):
-    src, params = backward_source(node.op)
-    k = ctx.generated(("backward", node.op), src, node.op)
-    dtype = node.outputs[0].type.np_dtype
-    attrs = "".join(f", {scalar.literal(scalar.in_dtype(node.attrs[p], dtype))}" for p in params)
-    ctx.line(f"{k}({ins[0]}.reshape(-1), {ins[1]}.reshape(-1), {outs[0]}.reshape(-1){attrs})")
+    emit_backward(ctx, node, ins, outs)
 
 
 @lowering(*scalar.ops("binary", family="elementwise"))

@@ -62,20 +62,13 @@ def max_pool2d_backward(gy, x, kh, kw, sh, sw, ph, pw, dh, dw, gx):
         for oy in range(Ho):
             for ox in range(Wo):
                 _, arg = _max_window(x, n, c, oy, ox, kh, kw, sh, sw, ph, pw, dh, dw)
-                i = arg // kw
-                j = arg % kw
-                iy = oy * sh - ph + i * dh
-                ix = ox * sw - pw + j * dw
-                if 0 <= iy < gx.shape[2] and 0 <= ix < gx.shape[3]:
-                    gx[n, c, iy, ix] += gy[n, c, oy, ox]
+                _scatter_tap(gx, gy, n, c, oy, ox, arg, kw, sh, sw, ph, pw, dh, dw)
 
 
 @njit(cache=True, parallel=True)
 def max_pool2d_backward_argmax(gy, am, kh, kw, sh, sw, ph, pw, dh, dw, gx):
     """gy routed through the stored argmax taps."""
     N, C, Ho, Wo = gy.shape
-    H = gx.shape[2]
-    W = gx.shape[3]
     for nc in prange(N * C):
         n = nc // C
         c = nc % C
@@ -83,10 +76,23 @@ def max_pool2d_backward_argmax(gy, am, kh, kw, sh, sw, ph, pw, dh, dw, gx):
         for oy in range(Ho):
             for ox in range(Wo):
                 a = np.int64(am[n, c, oy, ox])
-                iy = oy * sh - ph + (a // kw) * dh
-                ix = ox * sw - pw + (a % kw) * dw
-                if 0 <= iy < H and 0 <= ix < W:
-                    gx[n, c, iy, ix] += gy[n, c, oy, ox]
+                _scatter_tap(gx, gy, n, c, oy, ox, a, kw, sh, sw, ph, pw, dh, dw)
+
+
+@njit(cache=True)
+def _scatter_tap(gx, gy, n, c, oy, ox, tap, kw, sh, sw, ph, pw, dh, dw):
+    """Add ``gy[n, c, oy, ox]`` to the input pixel of window tap ``tap`` (row-major in the
+    kernel), unless that tap lies in the padding."""
+    iy, ix = _tap_pixel(oy, ox, tap, kw, sh, sw, ph, pw, dh, dw)
+    if 0 <= iy < gx.shape[2] and 0 <= ix < gx.shape[3]:
+        gx[n, c, iy, ix] += gy[n, c, oy, ox]
+
+
+@njit(cache=True)
+def _tap_pixel(oy, ox, tap, kw, sh, sw, ph, pw, dh, dw):
+    """The input pixel (iy, ix) under tap ``tap`` of output window (oy, ox); it may lie in
+    the padding."""
+    return oy * sh - ph + (tap // kw) * dh, ox * sw - pw + (tap % kw) * dw
 
 
 @njit(cache=True)
@@ -95,6 +101,23 @@ def _avg_bounds(o, s, k, p, p_hi, size):
     end = min(start + k, size + p_hi)
     full = end - start
     return max(start, 0), min(end, size), full
+
+
+@njit(cache=True)
+def _avg_divisor(divisor, count_include_pad, fh, fw, y0, y1, x0, x1):
+    """What a window's sum is divided by: ``divisor_override``, the padded window size, or
+    the count of real pixels in it."""
+    if divisor > 0:
+        return divisor
+    if count_include_pad:
+        return fh * fw
+    return (y1 - y0) * (x1 - x0)
+
+
+@njit(cache=True)
+def _adaptive_bounds(o, size, out):
+    """[start, end) of adaptive window ``o`` of ``out`` over ``size`` (PyTorch's floor / ceil)."""
+    return (o * size) // out, -(-((o + 1) * size) // out)
 
 
 @njit(cache=True, parallel=True)
@@ -114,12 +137,7 @@ def avg_pool2d(x, kh, kw, sh, sw, ph, pw, phh, pwh, count_include_pad, divisor, 
                 for iy in range(y0, y1):
                     for ix in range(x0, x1):
                         acc += x[n, c, iy, ix]
-                if divisor > 0:
-                    d = divisor
-                elif count_include_pad:
-                    d = fh * fw
-                else:
-                    d = (y1 - y0) * (x1 - x0)
+                d = _avg_divisor(divisor, count_include_pad, fh, fw, y0, y1, x0, x1)
                 y[n, c, oy, ox] = acc / d
 
 
@@ -136,12 +154,7 @@ def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, phh, pwh, count_include_pad,
             y0, y1, fh = _avg_bounds(oy, sh, kh, ph, phh, H)
             for ox in range(Wo):
                 x0, x1, fw = _avg_bounds(ox, sw, kw, pw, pwh, W)
-                if divisor > 0:
-                    d = divisor
-                elif count_include_pad:
-                    d = fh * fw
-                else:
-                    d = (y1 - y0) * (x1 - x0)
+                d = _avg_divisor(divisor, count_include_pad, fh, fw, y0, y1, x0, x1)
                 g = gy[n, c, oy, ox] / d
                 for iy in range(y0, y1):
                     for ix in range(x0, x1):
@@ -157,11 +170,9 @@ def adaptive_avg_pool2d(x, y):
         n = nc // C
         c = nc % C
         for oy in range(Ho):
-            y0 = (oy * H) // Ho
-            y1 = -(-((oy + 1) * H) // Ho)
+            y0, y1 = _adaptive_bounds(oy, H, Ho)
             for ox in range(Wo):
-                x0 = (ox * W) // Wo
-                x1 = -(-((ox + 1) * W) // Wo)
+                x0, x1 = _adaptive_bounds(ox, W, Wo)
                 acc = 0.0
                 for iy in range(y0, y1):
                     for ix in range(x0, x1):
@@ -179,11 +190,9 @@ def adaptive_avg_pool2d_backward(gy, gx):
         c = nc % C
         gx[n, c] = 0
         for oy in range(Ho):
-            y0 = (oy * H) // Ho
-            y1 = -(-((oy + 1) * H) // Ho)
+            y0, y1 = _adaptive_bounds(oy, H, Ho)
             for ox in range(Wo):
-                x0 = (ox * W) // Wo
-                x1 = -(-((ox + 1) * W) // Wo)
+                x0, x1 = _adaptive_bounds(ox, W, Wo)
                 g = gy[n, c, oy, ox] / ((y1 - y0) * (x1 - x0))
                 for iy in range(y0, y1):
                     for ix in range(x0, x1):
@@ -391,8 +400,7 @@ def max_pool2d_with_indices(x, kh, kw, sh, sw, ph, pw, dh, dw, y, ind):
             for ox in range(Wo):
                 best, arg = _max_window(x, n, c, oy, ox, kh, kw, sh, sw, ph, pw, dh, dw)
                 y[n, c, oy, ox] = best
-                iy = oy * sh - ph + (arg // kw) * dh
-                ix = ox * sw - pw + (arg % kw) * dw
+                iy, ix = _tap_pixel(oy, ox, arg, kw, sh, sw, ph, pw, dh, dw)
                 ind[n, c, oy, ox] = iy * W + ix
 
 

@@ -1,0 +1,129 @@
+"""Winograd F(2x2, 3x3) convolution on numba-cpu: agreement with the f64 reference and torch
+on odd shapes (ragged tiles, padding 0/1, batch 1, channels 1/3/17), fused epilogues, the
+training forward, and the cost model's choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import convforge as cf
+from convforge import nn
+from convforge.backends.numba_cpu.kernels import conv as conv_kernels
+from convforge.errors import BackendError
+from convforge.frontend.compile import trace_model
+from convforge.ir.types import TensorType
+from convforge.testing.agree import compare_arrays
+from convforge.testing.tolerances import tolerance
+from tests.torch_bridge import assert_gradients_match_torch, to_torch
+
+# (batch, in channels, out channels, H, W, padding): odd H/W leave ragged 2x2 tiles
+SHAPES = [
+    (1, 1, 1, 5, 5, 1),
+    (2, 3, 17, 7, 9, 0),
+    (1, 17, 3, 6, 5, 1),
+    (2, 17, 17, 9, 7, 1),
+    (1, 3, 1, 3, 3, 0),
+    (3, 1, 17, 4, 11, 0),
+]
+
+
+@pytest.fixture
+def winograd(monkeypatch):
+    monkeypatch.setenv(conv_kernels.ALGO_ENV, "winograd")
+
+
+def _model(c: int, o: int, padding: int, seed: int) -> nn.Module:
+    nn.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(c, o, 3, padding=padding))
+
+
+def _assert_agree(got, expected, dtype: str, *backends: str) -> None:
+    mismatch = compare_arrays(got, expected, tolerance(dtype, *backends))
+    assert mismatch is None, mismatch.describe("numba-cpu winograd", backends[-1])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference_f64_and_torch_f32(winograd, shape):
+    n, c, o, h, w, padding = shape
+    model = _model(c, o, padding, seed=sum(shape))
+    x = np.random.default_rng(0).standard_normal((n, c, h, w))
+    for dtype in ("float64", "float32"):
+        net = cf.compile(model, (None, c, h, w), backend="numba-cpu", dtype=dtype)
+        assert "# conv algorithm: winograd" in net.source()
+        got = net(x.astype(dtype))
+        if dtype == "float64":
+            expected = cf.compile(model, (None, c, h, w), backend="reference", dtype=dtype)(x)
+            _assert_agree(got, expected, "f64", "reference", "numba-cpu")
+        else:
+            with torch.no_grad():
+                expected = to_torch(model)(torch.from_numpy(x.astype(np.float32))).numpy()
+            _assert_agree(got, expected, "f32", "numba-cpu", "torch")
+
+
+def test_fused_epilogue_bn_relu_pool_batch_1(winograd):
+    nn.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(17, 17, 3, padding=1, bias=False), nn.BatchNorm2d(17), nn.ReLU(),
+                          nn.MaxPool2d(2))  # fmt: skip
+    for name, p in model.named_buffers():
+        if name.endswith("running_var"):
+            p[...] = np.linspace(0.5, 2.0, p.size, dtype=np.float32)
+    x = np.random.default_rng(1).standard_normal((1, 17, 7, 9)).astype(np.float32)
+    net = cf.compile(model, (None, 17, 7, 9), backend="numba-cpu")
+    assert "# conv algorithm: winograd" in net.source()
+    twin = to_torch(model).eval()
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    _assert_agree(net(x), expected, "f32", "numba-cpu", "torch")
+
+
+def test_training_forward_gradients_match_torch(winograd):
+    """The training program's forward conv (with the argmax for the fused pool) runs Winograd."""
+    nn.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(3, 17, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(17, 17, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(17 * 2 * 3, 10),
+    )  # fmt: skip
+    x = np.random.default_rng(2).standard_normal((2, 3, 9, 11)).astype(np.float32)
+    y = np.array([1, 7])
+    step = cf.compile_train(model, (None, 3, 9, 11), optimizer=cf.optim.SGD(lr=0.1), backend="numba-cpu")
+    loss, grads = step.gradients(x, y)
+    assert_gradients_match_torch(loss, grads, to_torch(model), x, y)
+
+
+def _conv_node(c: int, o: int, hw: int, **attrs):
+    model = nn.Sequential(nn.Conv2d(c, o, 3, **attrs))
+    graph, _ = trace_model(model, TensorType("f32", ("N", c, hw, hw)), training=False)
+    return next(node for node in graph.nodes if node.op == "conv2d")
+
+
+def test_cost_model_and_override(monkeypatch):
+    monkeypatch.delenv(conv_kernels.ALGO_ENV, raising=False)
+    assert conv_kernels.conv_algorithm(_conv_node(32, 32, 32, padding=1))[0] == "winograd"
+    algo, why = conv_kernels.conv_algorithm(_conv_node(3, 32, 32, padding=1))
+    assert algo == "im2col" and "channels" in why
+    assert conv_kernels.conv_algorithm(_conv_node(64, 64, 4, padding=1))[0] == "im2col"  # 2x2 tiles
+    assert conv_kernels.conv_algorithm(_conv_node(32, 32, 16, stride=2))[0] == "im2col"
+    assert conv_kernels.conv_algorithm(_conv_node(32, 32, 16, dilation=2))[0] == "im2col"
+    assert conv_kernels.conv_algorithm(_conv_node(32, 32, 16, groups=2))[0] == "im2col"
+    monkeypatch.setenv(conv_kernels.ALGO_ENV, "im2col")
+    assert conv_kernels.conv_algorithm(_conv_node(32, 32, 32, padding=1)) == (
+        "im2col",
+        "CONVFORGE_CONV_ALGO=im2col",
+    )
+    monkeypatch.setenv(conv_kernels.ALGO_ENV, "winograd")
+    algo, why = conv_kernels.conv_algorithm(_conv_node(32, 32, 16, stride=2))
+    assert algo == "im2col" and "does not apply" in why
+    assert conv_kernels.conv_algorithm(_conv_node(1, 1, 3))[0] == "winograd"
+    monkeypatch.setenv(conv_kernels.ALGO_ENV, "fft")
+    with pytest.raises(BackendError, match="CONVFORGE_CONV_ALGO='fft'.*auto, im2col, winograd"):
+        conv_kernels.conv_algorithm(_conv_node(32, 32, 16))
+
+
+def test_source_names_the_algorithm_and_why(monkeypatch):
+    monkeypatch.delenv(conv_kernels.ALGO_ENV, raising=False)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    source = cf.compile(model, (None, 3, 12, 12), backend="numba-cpu").source()
+    assert "# conv algorithm: im2col (3 -> 16 channels: fewer than 16 for winograd)" in source
+    assert "# conv algorithm: winograd (3x3 stride 1, 16 -> 16 channels, 6x6 tiles" in source

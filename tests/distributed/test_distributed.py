@@ -1,0 +1,156 @@
+"""Data-parallel training with 2 processes under ``mpiexec`` (each launch bounded in time),
+and the pieces that need no launcher: the sampler and the data-parallel pass."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import convforge as cf
+from convforge import nn, optim
+from convforge.distributed import DistributedSampler
+from convforge.passes.data_parallel import DataParallel
+
+try:
+    import mpi4py  # noqa: F401
+
+    MPI_REASON = "" if shutil.which("mpiexec") else "mpiexec is not on PATH"
+except ImportError:
+    MPI_REASON = 'mpi4py is not importable: pip install ".[distributed]"'
+needs_mpi = pytest.mark.skipif(bool(MPI_REASON), reason=MPI_REASON)
+
+WORKER = Path(__file__).with_name("worker.py")
+#: a launch that takes longer has hung (the suite's bound on a fault)
+TIMEOUT = 120
+
+
+def launch(scenario: str, out: Path) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["mpiexec", "-n", "2", sys.executable, str(WORKER), scenario, str(out)],
+        capture_output=True, text=True, timeout=TIMEOUT, env=env,
+    )  # fmt: skip
+    return proc, time.perf_counter() - start
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@needs_mpi
+def test_data_parallel_steps_equal_one_process_on_the_combined_batch(tmp_path):
+    proc, _ = launch("equal", tmp_path)
+    _ok(proc)
+    r = np.load(tmp_path / "equal.npz")
+    for backend in ("reference", "numba-cpu"):
+        graph = str(r[f"{backend}/graph"])
+        assert graph.count("all_reduce(") >= 2 and "bucket=1" in graph
+        for opt in ("sgd", "adam"):
+            for key in [k for k in r.files if k.startswith(f"{backend}/{opt}/dp/")]:
+                want = r[key.replace("/dp/", "/single/")]
+                np.testing.assert_allclose(r[key], want, rtol=2e-5, atol=2e-6, err_msg=key)
+
+
+@needs_mpi
+def test_batch_norm_per_rank_statistics_and_sync_batch_norm(tmp_path):
+    proc, _ = launch("bn", tmp_path)
+    _ok(proc)
+    r = np.load(tmp_path / "bn.npz")
+    hand = [k for k in r.files if k.startswith("bn/hand/")]
+    assert hand
+    for key in hand:  # DDP: each rank's own statistics, gradients averaged
+        np.testing.assert_allclose(
+            r[key.replace("/hand/", "/dp/")], r[key], rtol=1e-4, atol=1e-6, err_msg=key
+        )
+    sync = [k for k in r.files if k.startswith("sync/dp/") and "num_batches" not in k]
+    assert any("running_var" in k for k in sync)
+    for key in sync:  # SyncBatchNorm on B/2 per rank = BatchNorm2d on B
+        np.testing.assert_allclose(
+            r[key], r[key.replace("/dp/", "/single/")], rtol=1e-4, atol=1e-5, err_msg=key
+        )
+
+
+@needs_mpi
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_a_failing_rank_ends_every_rank(tmp_path, how):
+    proc, seconds = launch(how, tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    if how == "raise":
+        assert "rank 1 of 2 failed in Sequential step 3" in output and "ShapeError" in output
+    else:
+        assert "Killed" in output or "signal 9" in output or "EXIT CODE: 9" in output
+    assert seconds < TIMEOUT
+
+
+@needs_mpi
+def test_a_batch_shape_mismatch_is_named_at_the_first_step(tmp_path):
+    proc, _ = launch("mismatch", tmp_path)
+    assert proc.returncode != 0
+    assert "rank(s) 1 feed a batch of another shape than rank 0" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sampler_shards_are_disjoint_and_cover_the_epoch(drop_last):
+    n, ranks = 10, 3
+    shards = [DistributedSampler(n, ranks, r, seed=5, drop_last=drop_last) for r in range(ranks)]
+    for s in shards:
+        s.set_epoch(2)
+    idx = [s.indices() for s in shards]
+    assert len({len(i) for i in idx}) == 1 and len(idx[0]) == len(shards[0])
+    every = np.concatenate(idx)
+    if drop_last:
+        assert len(every) == 9 and len(set(every)) == 9
+    else:
+        assert len(every) == 12 and set(every) == set(range(n))  # 2 padded from the start
+    again = DistributedSampler(n, ranks, 0, seed=5, drop_last=drop_last)
+    again.set_epoch(3)
+    assert not np.array_equal(again.indices(), idx[0])  # a new permutation per epoch
+
+
+def test_the_pass_buckets_gradients_and_leaves_one_process_unchanged():
+    """With one process (``all_reduce`` the identity) the rewritten program computes what
+    the plain one does; the IR shows the buckets, the last layer's gradients first."""
+    cf.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+    step = cf.compile_train(model, (None, 1, 6, 6), optimizer=optim.SGD(lr=0.1), backend="reference")
+    program = step._program("train")
+    from convforge.frontend.compile import trace_model
+    from convforge.passes.training import UpdateRule, build_training_graph
+
+    graph, tracer = trace_model(model, step.input_type, training=True)
+    params = [v.name for v in graph.inputs if v.name in step._store.trainable]
+    rule = UpdateRule("sgd_update", {"lr": 0.1}, ("momentum_buffer",))
+    graph, _ = build_training_graph(graph, loss="cross_entropy", params=params, optimizer=rule)
+    DataParallel(bucket_bytes=64).run(graph)
+    graph.verify()
+    text = str(graph)
+    reduces = [line for line in text.splitlines() if "all_reduce(" in line]
+    assert len(reduces) >= 3 and 'reduce="mean"' in reduces[0]
+    first = text.index("bucket=0")
+    assert text.index("conv2d_backward_weight") > first  # bucket 0 reduced before backward ends
+    rng = np.random.default_rng(0)
+    inputs = {**step._store.arrays, "x": rng.standard_normal((4, 1, 6, 6)).astype(np.float32),
+              "target": rng.integers(0, 3, 4), "step": np.asarray(1)}  # fmt: skip
+    rewritten = cf.backends.get_backend("reference").compile_graph(graph, training=True)
+    got = rewritten.run({v.name: inputs[v.name] for v in graph.inputs})
+    want = program.executable.run({v.name: inputs[v.name] for v in program.graph.inputs})
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_dropout_masks_are_keyed_by_rank():
+    from convforge.ir.ops import rng
+
+    assert rng.rank_seed(7, 0) == 7
+    seeds = {rng.rank_seed(7, r) for r in range(4)}
+    assert len(seeds) == 4 and all(0 <= s < 2**63 for s in seeds)
+    assert rng.rank_seed(7, 2) == rng.rank_seed(7, 2)
