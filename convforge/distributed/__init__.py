@@ -4,7 +4,8 @@ under ``mpiexec -n 4`` trains one model on four processes, each on its shard of 
 * :class:`MPI`: the configuration ``compile_train`` takes; its :meth:`MPI.communicator`
   wraps ``MPI.COMM_WORLD`` (:class:`MPICommunicator`), the run-time object the IR's
   ``all_reduce`` nodes exchange gradients through.
-* :class:`DistributedSampler`: each rank's disjoint shard of every epoch's permutation.
+* :class:`DistributedSampler`: each rank's disjoint shard of every epoch's permutation;
+  :class:`DistributedLoader`: the batches of that shard (a ``DataLoader``).
 * :func:`get_rank`, :func:`get_world_size`, :func:`is_main`: rank-0-only printing and saving.
 
 Install with ``pip install "convforge[distributed]"`` (``mpi4py`` and the ``mpich`` wheel);
@@ -19,10 +20,11 @@ from convforge.distributed.communicator import (
     is_main,
     launched,
 )
-from convforge.distributed.sampler import DistributedSampler
+from convforge.distributed.sampler import DistributedLoader, DistributedSampler
 
 __all__ = [
     "MPI",
+    "DistributedLoader",
     "DistributedSampler",
     "MPICommunicator",
     "get_rank",

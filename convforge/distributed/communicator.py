@@ -123,9 +123,22 @@ class MPICommunicator:
             np.multiply(buf, buf.dtype.type(1.0 / self.size), out=buf)
 
     def broadcast(self, arrays: Mapping[str, np.ndarray], root: int = 0) -> None:
-        """Overwrite every array (C-contiguous, in key order) with ``root``'s values."""
-        for key in sorted(arrays):
-            self.comm.Bcast(arrays[key], root=root)
+        """Overwrite every array with ``root``'s values: one ``Bcast`` per dtype, of the
+        arrays packed flat in key order (every rank holds the same keys and shapes)."""
+        if self.size == 1:
+            return
+        for keys, flat in _packed(arrays):
+            self.comm.Bcast(flat, root=root)
+            _unpack(flat, arrays, keys)
+
+    def average(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The element-wise mean over the ranks of every array, as new arrays: one
+        ``Allreduce`` per dtype (``step.gradients()`` averaged as DDP leaves ``.grad``)."""
+        out = {key: np.array(arr, copy=True) for key, arr in arrays.items()}
+        for keys, flat in _packed(out):
+            self._all_reduce_host(flat, "mean")
+            _unpack(flat, out, keys)
+        return out
 
     def check_same(self, what: str, description: str) -> None:
         """Raise on every rank, naming the ranks, when ``description`` (of the model, of the
@@ -187,6 +200,24 @@ class MPICommunicator:
 
     def __repr__(self) -> str:
         return f"<MPICommunicator rank {self.rank} of {self.size}>"
+
+
+def _packed(arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Per dtype, the keys (sorted) and their arrays concatenated flat."""
+    by_dtype: dict[np.dtype, list[str]] = {}
+    for key in sorted(arrays):
+        by_dtype.setdefault(arrays[key].dtype, []).append(key)
+    for dtype, keys in by_dtype.items():
+        yield keys, np.concatenate([np.ravel(arrays[k]) for k in keys]).astype(dtype, copy=False)
+
+
+def _unpack(flat: np.ndarray, arrays: Mapping[str, np.ndarray], keys: list[str]) -> None:
+    """Copy ``flat``'s consecutive slices back into ``arrays[keys]`` (in place)."""
+    start = 0
+    for key in keys:
+        arr = arrays[key]
+        arr[...] = flat[start : start + arr.size].reshape(arr.shape)
+        start += arr.size
 
 
 def install_excepthook(comm: MPICommunicator) -> None:

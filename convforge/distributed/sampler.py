@@ -1,12 +1,14 @@
-"""``DistributedSampler``: each rank's shard of an epoch, as ``torch.utils.data.DistributedSampler``."""
+"""``DistributedSampler``: each rank's shard of an epoch, as ``torch.utils.data.DistributedSampler``;
+``DistributedLoader``: a ``DataLoader`` over that shard."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 
 import numpy as np
 
+from convforge.data import DataLoader, batches
 from convforge.errors import ConvforgeError
 
 
@@ -74,3 +76,59 @@ class DistributedSampler:
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class DistributedLoader(DataLoader):
+    """A :class:`~convforge.data.DataLoader` over this rank's shard of ``(x, y)``: what
+    ``DataLoader(dataset, sampler=DistributedSampler(dataset))`` is in PyTorch.
+
+    Each pass is one epoch: the :class:`DistributedSampler` draws the epoch's permutation
+    (the same on every rank) and this rank's shard of it, cut into batches of
+    ``batch_size`` (per rank: the global batch is ``batch_size * num_replicas``). Every rank
+    has as many batches, of the same sizes, so the ranks' steps pair up. The augmentation
+    (``transform``) draws from a stream keyed by ``(seed, rank, epoch)``: a different one per
+    rank, the single-process one on rank 0 of 1. ``x`` and ``y`` stay the whole dataset.
+
+    >>> loader = DistributedLoader(x_train, y_train, batch_size=32)   # rank and size from MPI
+    >>> for xb, yb in loader: loss = step(xb, yb)
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        transform: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        super().__init__(
+            x, y, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, transform=transform
+        )
+        self.sampler = DistributedSampler(len(self.x), num_replicas, rank, shuffle=shuffle, seed=seed)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank)."""
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        epoch = self._epoch
+        self._epoch += 1  # as DataLoader: an abandoned pass still moves on
+        self.sampler.set_epoch(epoch)
+        idx = self.sampler.indices()
+        # one copy of the shard per epoch; the batches are then slices of it in order
+        stream = self.seed * self.sampler.num_replicas + self.sampler.rank
+        return batches(
+            self.x[idx], self.y[idx], self.batch_size, shuffle=False, seed=stream, epoch=epoch,
+            drop_last=self.drop_last, transform=self.transform,
+        )  # fmt: skip
+
+    def shard(self, n: int) -> slice:
+        """This rank's part of ``n`` evaluation samples, without padding (``rank::num_replicas``):
+        the parts are disjoint and cover all ``n``, so counts summed over ranks are exact."""
+        return slice(self.sampler.rank, n, self.sampler.num_replicas)

@@ -286,6 +286,8 @@ class TrainStep:
     #: the data-parallel configuration and communicator (:meth:`distribute`), or None
     distributed: Any = None
     communicator: Any = None
+    #: whether this process's first distributed step compared the batch shapes of the ranks
+    _batch_checked: bool = False
 
     def __init__(
         self,
@@ -301,7 +303,7 @@ class TrainStep:
         self.loss = loss
         self._loss = training_loss(loss, type(model).__name__)
         #: whether the programs built now take class labels (else a float target)
-        self._target_labels = self._loss.target_is_labels(None)
+        self._target_labels = self._loss.target_is_labels(None, 0)
         #: the user's optimizer object: its ``param_groups`` (a schedule's rates) are read
         #: before every step
         self.optimizer = optimizer
@@ -367,12 +369,30 @@ class TrainStep:
         if self.communicator is None:
             return self._step(x, y)
         with self.communicator.guard(f"{self.name} step {self.steps + 1}"):
-            if self.steps == 0:
+            if not self._batch_checked:  # the first step of this process (a resumed run too)
                 self.communicator.check_batch(tuple(np.shape(x)))
+                self._batch_checked = True
+            self.broadcast_buffers()
             return self._step(x, y)
 
+    def broadcast_buffers(self) -> None:
+        """Give every rank rank 0's floating buffers (batch-norm running statistics), as
+        DDP's ``broadcast_buffers=True`` does before each forward; nothing when not
+        distributed or the model has none. Ranks' own updates would otherwise drift apart,
+        and an eval-mode step or an evaluation on each rank's shard would see different
+        statistics on each rank."""
+        if self.communicator is None:
+            return
+        store = self._store
+        keys = [k for k in self._model_keys if k not in store.trainable and store.arrays[k].dtype.kind == "f"]
+        if not keys:
+            return
+        self._store.sync()
+        self.communicator.broadcast({k: self._store.arrays[k] for k in keys})
+        self._store.changed()
+
     def _step(self, x: Any, y: Any) -> float:
-        self._target_labels = self._loss.target_is_labels(y)
+        self._target_labels = self._loss.target_is_labels(y, self._output_type.rank)
         program = self._program("train")
         # the executable keeps the store up to date: on the host in place, on a
         # device-resident backend in its device buffers until the store is read
@@ -398,8 +418,11 @@ class TrainStep:
         self.steps = steps
 
     def gradients(self, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
-        """Loss and gradients (by parameter name, plus ``"input"``) without any update."""
-        self._target_labels = self._loss.target_is_labels(y)
+        """Loss and gradients (by parameter name, plus ``"input"``) without any update.
+
+        Distributed, the loss and the parameter gradients are the means over the ranks (what
+        a DDP rank's ``.grad`` holds after ``backward()``); ``"input"`` is this rank's own."""
+        self._target_labels = self._loss.target_is_labels(y, self._output_type.rank)
         program = self._program("grad")
         self._store.sync()
         inputs = program.executable.with_state(self._batch(program, x, y, self.steps + 1), self._store)
@@ -408,7 +431,17 @@ class TrainStep:
         for (role, key), value in zip(program.roles, outputs):
             if role == "grad":
                 grads["input" if key == "x" else key] = value
-        return float(outputs[0]), grads
+        loss = float(outputs[0])
+        if self.communicator is not None:
+            # as DDP leaves .grad after backward: parameter gradients and the loss averaged over
+            # the ranks, the input gradient this rank's own (of its own batch)
+            with self.communicator.guard(f"{self.name} gradients"):
+                averaged = self.communicator.average(
+                    {"<loss>": np.asarray(outputs[0]), **{k: g for k, g in grads.items() if k != "input"}}
+                )
+            loss = float(averaged.pop("<loss>"))
+            grads.update(averaged)
+        return loss, grads
 
     def inference(self) -> CompiledModel:
         """A compiled inference model that shares this step's (trained) weights."""

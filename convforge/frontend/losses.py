@@ -209,11 +209,16 @@ class TrainingLoss:
             return {}
         return {f"loss.{key}": arr for key, arr in self.fn.named_buffers()}
 
-    def target_is_labels(self, y: Any) -> bool:
-        """Whether the target ``y`` (None: not seen yet) is class labels for this loss."""
+    def target_is_labels(self, y: Any, output_rank: int) -> bool:
+        """Whether the target ``y`` (None: not seen yet) is class labels for this loss: where
+        its dtype decides, a float target of the output's rank is not (one of another
+        rank is, and its check then names the integer labels it should be)."""
         if self.labels is not None:
             return self.labels
-        return y is None or F.as_numeric(y, "target y").dtype.kind in "iub"
+        if y is None:
+            return True
+        arr = F.as_numeric(y, "target y")
+        return arr.dtype.kind in "iub" or arr.ndim != output_rank
 
 
 def training_loss(loss: Any, owner: str = "compile_train") -> TrainingLoss:

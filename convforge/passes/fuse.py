@@ -13,6 +13,13 @@ With ``conv_backward`` (numba-cpu) that backward pair and the conv's gradient op
 its result (weight, bias and input gradients) become one region, so the conv-output
 gradient is rebuilt per image from the pooled gradient inside the kernel instead of being
 written to memory and read back three times.
+
+With ``conv_backward`` and ``batch_norm`` (both on in numba-cpu's training pipeline; the
+numba-cuda pipeline sets neither), a training batch norm joins the conv as well:
+``conv2d -> batch_norm_train -> [monotone activation]`` becomes one forward region that
+also returns the conv output and the statistics, and ``[act_backward] ->
+batch_norm_backward -> conv2d_backward_weight [-> conv2d_backward_input]`` one backward
+region, so neither the normalised pre-activation nor the conv-output gradient is stored.
 """
 
 from __future__ import annotations
@@ -222,20 +229,113 @@ def _fuse_conv_backward(graph: Graph, bwd: Node, x: Value, w: Value) -> bool:
     return True
 
 
+def _fuse_norm_forward(graph: Graph, conv: Node) -> bool:
+    """conv2d -> batch_norm_train -> [monotone activation] in training: one NormForward region.
+
+    The conv output may be read only by the batch norm and by its backward (which needs
+    it); the batch norm's output only by the activation, if one is fused.
+    """
+    z = conv.outputs[0]
+    bns = [u for u in z.users if u.op == "batch_norm_train" and u.inputs[0] is z]
+    if len(bns) != 1 or z in graph.outputs or any(
+        u is not bns[0] and not (u.op == "batch_norm_backward" and u.inputs[1] is z and u.inputs[0] is not z)
+        for u in z.users
+    ):
+        return False
+    bn = bns[0]
+    chain = [conv, bn]
+    act = _only_user(bn.outputs[0], graph)
+    if act is not None and registry.get(act.op).monotone and registry.get(act.op).backward:
+        chain.append(act)
+    outputs = [chain[-1].outputs[0], z, *bn.outputs[1:]]
+    region, external = _copy_region(chain, outputs)
+    fused = _emit_fusion(graph, chain, region, external, chain[0])
+    for old, new in zip(outputs, fused.outputs):
+        graph.replace_all_uses_with(old, new)
+    _erase_chain(graph, chain)
+    return True
+
+
+def _fuse_norm_backward(graph: Graph, bn_bwd: Node) -> bool:
+    """[act_backward] -> batch_norm_backward -> the conv's weight [and input] gradients: one
+    NormBackward region. The conv-output gradient must be read by exactly one
+    ``conv2d_backward_weight`` and at most one ``conv2d_backward_input``; a bias gradient
+    (``reduce_sum``) or any other reader keeps it in memory, unfused."""
+    gz = bn_bwd.outputs[0]
+    by_op: dict[str, Node] = {}
+    for user in gz.users:
+        if user.op in by_op or user.inputs.count(gz) != 1:
+            return False
+        by_op[user.op] = user
+    weight = by_op.pop("conv2d_backward_weight", None)
+    grad_in = by_op.pop("conv2d_backward_input", None)
+    if by_op or weight is None or gz in graph.outputs or weight.inputs[1] is not gz:
+        return False
+    if grad_in is not None and grad_in.inputs[0] is not gz:
+        return False
+    chain = [bn_bwd, weight, *([grad_in] if grad_in is not None else [])]
+    gy = bn_bwd.inputs[0]
+    act = gy.producer
+    if (
+        act is not None
+        and act.op in scalar.monotone_backward_ops()
+        and gy.users == [bn_bwd]
+        and gy not in graph.outputs
+        and bn_bwd.inputs[1:].count(gy) == 0
+    ):
+        chain.insert(0, act)
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    first = min(order[id(n)] for n in chain)
+    outputs = [*bn_bwd.outputs[1:], *(n.outputs[0] for n in chain[-2 if grad_in else -1 :])]
+    region, external = _copy_region(chain, outputs)
+    # the region runs where its first node was: every input must already exist there
+    if any(v.producer is not None and order[id(v.producer)] >= first for v in external):
+        return False
+    fused = _emit_fusion(graph, chain, region, external, chain[0])
+    for old, new in zip(outputs, fused.outputs):
+        graph.replace_all_uses_with(old, new)
+    _erase_chain(graph, chain)
+    return True
+
+
+def _copy_region(chain: list[Node], outputs: list[Value]) -> tuple[Graph, list[Value]]:
+    """A region graph copying ``chain`` whose outputs are (the copies of) ``outputs``;
+    returns it and its external inputs, in order of first use."""
+    region = Graph("region")
+    external: list[Value] = []
+    inner: dict[int, Value] = {}
+    for node in chain:
+        for v in node.inputs:
+            if id(v) not in inner:
+                inner[id(v)] = region.add_input(region.fresh_name(_safe(v.name)), v.type)
+                external.append(v)
+        copy = region.create_node(node.op, [inner[id(v)] for v in node.inputs], dict(node.attrs))
+        inner.update((id(old), new) for old, new in zip(node.outputs, copy.outputs))
+    region.set_outputs([inner[id(v)] for v in outputs])
+    return region, external
+
+
 @register_pass
 @dataclass
 class Fuse(Pass):
     """Producer + epilogue (+ pool) into one ``fusion`` node; ``training`` enables the argmax
-    rewrite, ``conv_backward`` the fused conv gradients after it."""
+    rewrite, ``conv_backward`` the fused conv gradients after it, and with both
+    ``batch_norm`` (default on) the training batch-norm regions; ``batch_norm=false``
+    keeps batch norm out of training regions (the A/B switch)."""
 
     name: ClassVar[str] = "fuse"
     training: bool = False
     conv_backward: bool = False
+    batch_norm: bool = True
 
     def run(self, graph: Graph) -> bool:
         changed = False
+        norm = self.training and self.conv_backward and self.batch_norm
         for node in list(graph.nodes):
             if node.graph is None or _kind(node) is not FusionKind.OUT_FUSABLE:
+                continue
+            if norm and node.op == "conv2d" and _fuse_norm_forward(graph, node):
+                changed = True
                 continue
             if self.training and node.op == "conv2d" and _fuse_training_pool(graph, node, self.conv_backward):
                 changed = True
@@ -249,4 +349,7 @@ class Fuse(Pass):
                 graph.replace_all_uses_with(old, new)
             _erase_chain(graph, chain)
             changed = True
+        if norm:
+            for node in [n for n in graph.nodes if n.op == "batch_norm_backward"]:
+                changed |= _fuse_norm_backward(graph, node)
         return changed

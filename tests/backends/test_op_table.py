@@ -95,6 +95,8 @@ _RMSPROP = {"p": (F, (4,)), "g": (F, (4,)), "sq": (F, (4,)), "buf": (F, (4,)), "
 _ADAGRAD = {"p": (F, (2, 3)), "g": (F, (2, 3)), "s": (F, (2, 3)), "step": ("i64", ())}
 _CE = {"logits": (F, (N, 4)), "target": ("i64", (N,))}
 _CE_VALUES = {"target": np.array([0, 3, 1]), "g": np.asarray(1.5, dtype=np.float32)}
+#: the incoming gradient of a loss by reduction: per row / element for "none"
+_LOSS_GRAD = {"none": None, "mean": np.asarray(1.5, dtype=np.float32)}
 _WINDOW3 = {"kernel_size": (3, 3), "stride": (2, 2), "padding": (1, 1)}
 
 CASES = [
@@ -348,6 +350,31 @@ CASES = [
              {"reduction": reduction}, values=_CE_VALUES, batch=3)
         for op in ("cross_entropy", "cross_entropy_backward")
         for reduction in ("mean", "sum")
+    ),
+    # losses with torch's options (issue 15): weights, ignore_index, label smoothing, "none"
+    *(
+        case(f"{op}{'-w' if w else ''}-{reduction}", op,
+             {**({"g": (F, () if reduction != "none" else (N,))} if op.endswith("backward") else {}), **_CE,
+              **({"weight": (F, (4,))} if w else {})},
+             {"reduction": reduction, **({"label_smoothing": 0.2} if op.startswith("cross") else {})},
+             values={**_CE_VALUES, "target": np.array([0, -100, 1]), "g": _LOSS_GRAD[reduction]}, batch=3)
+        for op in ("cross_entropy", "cross_entropy_backward", "nll_loss", "nll_loss_backward")
+        for w in (False, True)
+        for reduction in ("none", "mean")
+    ),
+    *(
+        case(f"{op}{'-w' if weights else ''}-{reduction}", op,
+             {**({"g": (F, () if reduction != "none" else (N, 3))} if op.endswith("backward") else {}),
+              "x": (F, (N, 3)), "t": (F, (N, 3)),
+              **({"w": (F, (3,)), "pw": (F, (3,))} if weights else {})},
+             {"reduction": reduction, **attrs}, positive=("pw",) if weights else ())
+        for base, attrs in (
+            ("l1_loss", {}), ("smooth_l1_loss", {"beta": 0.5}), ("huber_loss", {"delta": 0.8}),
+            ("binary_cross_entropy_with_logits", {}),
+        )
+        for op in (base, f"{base}_backward")
+        for weights in ((False, True) if base.startswith("binary") else (False,))
+        for reduction in ("none", "mean")
     ),
     # optimizer updates
     *(

@@ -123,7 +123,11 @@ def test_cost_model_and_override(monkeypatch):
 
 def test_source_names_the_algorithm_and_why(monkeypatch):
     monkeypatch.delenv(conv_kernels.ALGO_ENV, raising=False)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
-    source = cf.compile(model, (None, 3, 12, 12), backend="numba-cpu").source()
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.MaxPool2d(4),
+        nn.Conv2d(16, 16, 3, padding=1),
+    )  # fmt: skip
+    source = cf.compile(model, (None, 3, 32, 32), backend="numba-cpu").source()
     assert "# conv algorithm: im2col (3 -> 16 channels: fewer than 16 for winograd)" in source
-    assert "# conv algorithm: winograd (3x3 stride 1, 16 -> 16 channels, 6x6 tiles" in source
+    assert "# conv algorithm: winograd (3x3 stride 1, 16 -> 16 channels, 16x16 tiles" in source
+    assert "# conv algorithm: im2col (16x16x16 per-tile GEMMs: below 65536 multiply-adds" in source

@@ -79,6 +79,30 @@ def test_batch_norm_per_rank_statistics_and_sync_batch_norm(tmp_path):
 
 
 @needs_mpi
+def test_gradients_are_averaged_and_buffers_come_from_rank_0(tmp_path):
+    proc, _ = launch("grads", tmp_path)
+    _ok(proc)
+    r0, r1 = np.load(tmp_path / "grads0.npz"), np.load(tmp_path / "grads1.npz")
+    single = [k for k in r0.files if k.startswith("grad/single/")]
+    assert "grad/single/loss" in single and len(single) > 2
+    for key in single:  # the mean over ranks of B/2 each = one process on B
+        for r in (r0, r1):
+            want = r0[key]
+            np.testing.assert_allclose(
+                r[key.replace("single", "dp")], want, rtol=1e-5, atol=1e-7, err_msg=key
+            )
+    np.testing.assert_allclose(r0["grad/dp/input"], r0["grad/local/input"], rtol=1e-5, atol=1e-8)
+    buffers = [k for k in r0.files if k.startswith("bn/after2/") and "running" in k]
+    assert buffers
+    for key in buffers:
+        local = key.replace("after2", "local")
+        for r in (r0, r1):  # each rank: rank 0's statistics after step 1, updated by its own batch
+            np.testing.assert_allclose(r[key], r[local], rtol=1e-5, atol=1e-7, err_msg=key)
+        assert not np.allclose(r0[key], r1[key])  # ranks' batches differ
+        np.testing.assert_array_equal(r1[key.replace("after2", "synced")], r0[key])
+
+
+@needs_mpi
 @pytest.mark.parametrize("how", ["raise", "kill"])
 def test_a_failing_rank_ends_every_rank(tmp_path, how):
     proc, seconds = launch(how, tmp_path)
@@ -114,6 +138,31 @@ def test_sampler_shards_are_disjoint_and_cover_the_epoch(drop_last):
     again = DistributedSampler(n, ranks, 0, seed=5, drop_last=drop_last)
     again.set_epoch(3)
     assert not np.array_equal(again.indices(), idx[0])  # a new permutation per epoch
+
+
+def test_the_distributed_loader_pairs_the_ranks_steps_over_disjoint_shards():
+    x, y = np.arange(21, dtype=np.float32).reshape(21, 1), np.arange(21)
+
+    def noise(xb, rng):
+        return xb + rng.random(xb.shape).astype(np.float32)
+
+    loaders = [cf.distributed.DistributedLoader(x, y, 4, seed=3, transform=noise, num_replicas=2, rank=r)
+               for r in range(2)]  # fmt: skip
+    loaders[0].set_epoch(1)
+    loaders[1].set_epoch(1)
+    epochs = [list(loader) for loader in loaders]
+    assert [len(e) for e in epochs] == [len(loaders[0])] * 2 == [3, 3]
+    assert [len(b[1]) for b in epochs[0]] == [len(b[1]) for b in epochs[1]] == [4, 4, 3]
+    labels = [np.concatenate([b[1] for b in e]) for e in epochs]
+    assert set(labels[0]) | set(labels[1]) == set(range(21)) and len(set(labels[0]) & set(labels[1])) <= 1
+    for e in epochs:  # the transform ran, with a different stream per rank
+        xs = np.concatenate([b[0] for b in e])[:, 0]
+        ys = np.concatenate([b[1] for b in e])
+        assert np.all((xs > ys) & (xs < ys + 1))
+    assert loaders[0].shard(5) == slice(0, 5, 2) and loaders[1].shard(5) == slice(1, 5, 2)
+    single = cf.distributed.DistributedLoader(x, y, 4, seed=3, num_replicas=1, rank=0)
+    plain = cf.data.DataLoader(x, y, 4, seed=3)
+    assert len(single) == len(plain) == 6
 
 
 def test_the_pass_buckets_gradients_and_leaves_one_process_unchanged():

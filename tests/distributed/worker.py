@@ -90,6 +90,40 @@ def batch_norm(out: Path) -> None:
         np.savez(out / "bn.npz", **results)
 
 
+def gradients_and_buffers(out: Path) -> None:
+    """``gradients()`` averaged over the ranks; batch-norm buffers broadcast from rank 0
+    before each step (DDP's ``broadcast_buffers``)."""
+    config = cf.distributed.MPI()
+    x, y = data(0)
+    dp = cf.compile_train(plain_model(), (None, 1, 6, 6), backend="reference", distributed=config)
+    comm = dp.communicator
+    loss, grads = dp.gradients(shard(comm, x), shard(comm, y))
+    results = {"grad/dp/loss": np.array(loss), **{f"grad/dp/{k}": g for k, g in grads.items()}}
+    if comm.rank == 0:
+        single = cf.compile_train(plain_model(), (None, 1, 6, 6), backend="reference")
+        full_loss, full = single.gradients(x, y)
+        results["grad/single/loss"] = np.array(full_loss)
+        results.update((f"grad/single/{k}", g) for k, g in full.items() if k != "input")
+        results["grad/local/input"] = single.gradients(x[:4], y[:4])[1]["input"]
+
+    bn, _ = run(lambda: bn_model(nn.BatchNorm2d), optim.SGD(lr=0.1), "reference", 1, config)
+    bn.broadcast_buffers()  # what step 2 starts with, on every rank
+    start = bn.state_dict()
+    x2, y2 = data(1)
+    bn(shard(comm, x2), shard(comm, y2))
+    results.update((f"bn/after2/{k}", v) for k, v in bn.state_dict().items())
+    # DDP: this rank's buffers after step 2 are rank 0's after step 1 updated by this rank's batch
+    local = cf.compile_train(
+        bn_model(nn.BatchNorm2d), (None, 1, 6, 6), optimizer=optim.SGD(lr=0.1), backend="reference"
+    )
+    local.load_state_dict(start)
+    local(shard(comm, x2), shard(comm, y2))
+    results.update((f"bn/local/{k}", v) for k, v in local.state_dict().items())
+    bn.broadcast_buffers()
+    results.update((f"bn/synced/{k}", v) for k, v in bn.state_dict().items())
+    np.savez(out / f"grads{comm.rank}.npz", **results)
+
+
 def fault(out: Path, how: str) -> None:
     """Rank 1 fails in step 3: a bad input (it raises) or SIGKILL."""
     step = cf.compile_train(
@@ -117,5 +151,5 @@ def mismatch(out: Path) -> None:
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    {"equal": equal, "bn": batch_norm, "raise": lambda o: fault(o, "raise"),
+    {"equal": equal, "bn": batch_norm, "grads": gradients_and_buffers, "raise": lambda o: fault(o, "raise"),
      "kill": lambda o: fault(o, "kill"), "mismatch": mismatch}[scenario](out)  # fmt: skip

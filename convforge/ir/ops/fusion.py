@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from convforge.errors import FusionError
 from convforge.ir import scalar
 from convforge.ir.ops.pool import MAX_ARGMAX_TAPS
+from convforge.ir.ops import registry
 from convforge.ir.ops.registry import FusionKind, Op
 
 if TYPE_CHECKING:
@@ -107,7 +108,38 @@ class ConvBackward:
     grad_input: Node | None
 
 
-Pattern = ForwardChain | PoolBackward | ConvBackward
+@dataclass(frozen=True)
+class NormForward:
+    """``conv2d -> batch_norm_train -> [activation]`` in training: the conv, the batch
+    statistics, and the normalisation, affine and activation applied in one pass.
+
+    Region outputs: the activation's (or the batch norm's) output, then the conv output
+    (what the batch-norm backward reads), then the batch norm's mean, invstd, running mean
+    and running var.
+    """
+
+    producer: Node
+    batch_norm: Node
+    activation: Node | None
+
+
+@dataclass(frozen=True)
+class NormBackward:
+    """``[act_backward] -> batch_norm_backward -> conv2d_backward_weight [-> conv2d_backward_input]``:
+    the two per-channel reductions, then per image the conv-output gradient rebuilt in
+    scratch and fed to the conv's gradient GEMMs, never stored.
+
+    Region outputs: the batch norm's weight and bias gradients, the conv's weight gradient,
+    then its input gradient if any.
+    """
+
+    activation: Node | None
+    batch_norm: Node
+    weight: Node
+    grad_input: Node | None
+
+
+Pattern = ForwardChain | PoolBackward | ConvBackward | NormForward | NormBackward
 
 
 def pool_fusable(pool: Node, training: bool) -> bool:
@@ -125,7 +157,7 @@ def pattern(node: Node) -> Pattern:
     and the region's ops if it is none of the patterns above."""
     region = node.region
     steps = list(region.nodes) if region is not None else []
-    found = _forward(steps) or _backward(steps)
+    found = _forward(steps) or _backward(steps) or _norm_forward(steps) or _norm_backward(steps)
     if found is None:
         ops = " -> ".join(s.op for s in steps) or "an empty region"
         raise FusionError(f"{node.describe()}: the region {ops} is not a fusion pattern")
@@ -168,3 +200,31 @@ def _backward(steps: list[Node]) -> PoolBackward | ConvBackward | None:
     if rest:
         return None
     return ConvBackward(act, pool, weight, bias, grad_input)
+
+
+def _norm_forward(steps: list[Node]) -> NormForward | None:
+    ops = [s.op for s in steps]
+    if ops[:2] != ["conv2d", "batch_norm_train"] or len(steps) > 3:
+        return None
+    act = steps[2] if len(steps) == 3 else None
+    if act is not None and not _reads_own_output(act):
+        return None
+    return NormForward(steps[0], steps[1], act)
+
+
+def _norm_backward(steps: list[Node]) -> NormBackward | None:
+    rest = list(steps)
+    act = rest.pop(0) if rest and rest[0].op in scalar.monotone_backward_ops() else None
+    if len(rest) < 2 or [n.op for n in rest[:2]] != ["batch_norm_backward", "conv2d_backward_weight"]:
+        return None
+    bn, weight = rest[0], rest[1]
+    grad_input = rest[2] if len(rest) == 3 and rest[2].op == "conv2d_backward_input" else None
+    if len(rest) != 2 + (grad_input is not None):
+        return None
+    return NormBackward(act, bn, weight, grad_input)
+
+
+def _reads_own_output(act: Node) -> bool:
+    """Whether ``act``'s backward reads only its output (a monotone activation)."""
+    op = registry.get(act.op)
+    return op.monotone and op.backward in scalar.monotone_backward_ops()

@@ -480,20 +480,22 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str, algori
 #: (applied where the convolution is eligible, im2col elsewhere)
 ALGO_ENV = "CONVFORGE_CONV_ALGO"
 ALGORITHMS = ("auto", "im2col", "winograd")
-#: the cost model's Winograd thresholds: below them the input/output transforms (about 32
-#: adds per input tile per channel, 24 per output tile) outweigh the 2.25x fewer
-#: multiplications, and the 16 GEMMs [O, C] @ [C, tiles] are too small for BLAS to run fast
+#: the cost model's Winograd thresholds, from single-thread per-image timings (docs/performance.md):
+#: with few channels the transforms (about 32 adds per input tile and channel, 24 per output
+#: tile) outweigh the 2.25x fewer multiplications (3 -> 32 at 32x32: 3x slower), and the 16
+#: GEMMs [O, C] @ [C, tiles] must be big enough for BLAS: it won from O*C*tiles = 65536 on
+#: (16 -> 16 at 32x32: 1.5x, 128 -> 128 at 4x4: 2.3x) and lost below (16 -> 16 at 8x8: 0.6x)
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_TILES = 16
+WINOGRAD_MIN_MACS = 65536
 
 
 def conv_algorithm(conv: Node) -> tuple[str, str]:
     """(algorithm, why) for a forward convolution node: ``im2col`` or ``winograd`` (F(2x2, 3x3)).
 
     Winograd takes 3x3 conv2d with stride 1, dilation 1 and groups 1; the cost model picks
-    it when input and output channels are both at least ``WINOGRAD_MIN_CHANNELS`` and the
-    output has at least ``WINOGRAD_MIN_TILES`` 2x2 tiles per image. ``$CONVFORGE_CONV_ALGO``
-    overrides the model.
+    it when input and output channels are both at least ``WINOGRAD_MIN_CHANNELS`` and each
+    of its 16 GEMMs per image has at least ``WINOGRAD_MIN_MACS`` multiply-adds (O * C * 2x2
+    output tiles). ``$CONVFORGE_CONV_ALGO`` overrides the model.
     """
     choice = os.environ.get(ALGO_ENV, "auto").strip().lower() or "auto"
     if choice not in ALGORITHMS:
@@ -512,8 +514,11 @@ def conv_algorithm(conv: Node) -> tuple[str, str]:
     th, tw = tile_counts(*conv.outputs[0].shape[2:])
     if min(c, o) < WINOGRAD_MIN_CHANNELS:
         return "im2col", f"{c} -> {o} channels: fewer than {WINOGRAD_MIN_CHANNELS} for winograd"
-    if th * tw < WINOGRAD_MIN_TILES:
-        return "im2col", f"{th}x{tw} output tiles: fewer than {WINOGRAD_MIN_TILES} for winograd"
+    if o * c * th * tw < WINOGRAD_MIN_MACS:
+        return (
+            "im2col",
+            f"{o}x{c}x{th * tw} per-tile GEMMs: below {WINOGRAD_MIN_MACS} multiply-adds for winograd",
+        )
     return "winograd", f"3x3 stride 1, {c} -> {o} channels, {th}x{tw} tiles: 2.25x fewer multiplications"
 
 

@@ -8,15 +8,31 @@ The patterns are described in :mod:`convforge.ir.ops.fusion`:
   masked at the pooled position and scattered through the stored argmax in one pass.
 * :class:`ConvBackward` (that pair, then the conv's weight [bias] [input] gradients): one
   kernel rebuilds each image's conv-output gradient from the pooled one and runs both GEMMs.
+* :class:`NormForward` (``conv2d -> batch_norm_train [-> activation]``): the conv kernel,
+  then one kernel taking the batch statistics in one pass and applying the normalisation,
+  affine and activation in one more.
+* :class:`NormBackward` (``[act_backward] -> batch_norm_backward -> conv gradients``): one
+  kernel reduces the two per-channel sums, then rebuilds each image's conv-output gradient
+  in scratch and runs the weight and input gradient GEMMs on it.
 """
 
 from __future__ import annotations
 
-from convforge.backends.numba_cpu.kernels import conv, linear, lowering
+import math
+
+from convforge.backends.numba_cpu.kernels import conv, linear, lowering, norm
 from convforge.backends.numba_cpu.kernels.activation import act_text
 from convforge.backends.numba_cpu.kernels.pool import act_backward_max_pool_argmax, window
-from convforge.ir.graph import Node
-from convforge.ir.ops.fusion import ConvBackward, ForwardChain, PoolBackward, pattern
+from convforge.ir import scalar
+from convforge.ir.graph import Node, Value
+from convforge.ir.ops.fusion import (
+    ConvBackward,
+    ForwardChain,
+    NormBackward,
+    NormForward,
+    PoolBackward,
+    pattern,
+)
 
 
 @lowering("fusion")
@@ -27,6 +43,10 @@ def _(ctx, node: Node, ins: list[str], outs: list[str]) -> None:
         _forward(ctx, node, found, operand, outs)
     elif isinstance(found, ConvBackward):
         _conv_backward(ctx, found, ins, outs, node)
+    elif isinstance(found, NormForward):
+        _norm_forward(ctx, found, operand, outs)
+    elif isinstance(found, NormBackward):
+        _norm_backward(ctx, found, operand, outs, node)
     else:
         _pool_backward(ctx, found, operand, outs)
 
@@ -79,4 +99,52 @@ def _conv_backward(ctx, found: ConvBackward, ins: list[str], outs: list[str], no
     ctx.line(
         f"{k}({gp}, {yp}, {am}, act={act}, pool=({window(found.pool.attrs)}), x={x}, w={w}, "
         f"conv={geometry}, nt=T, gw={gw}, gb={gb}, gx={gx})"
+    )
+
+
+def _planes(ctx, value: Value, expr: str) -> str:
+    """``expr`` seen as [N, C, H*W] (the trailing size spelled out: NumPy cannot infer -1
+    for an empty array)."""
+    t = value.type
+    return f"{expr}.reshape({ctx.dim(t.shape[0])}, {t.shape[1]}, {math.prod(t.shape[2:])})"
+
+
+def _norm_forward(ctx, found: NormForward, operand, outs: list[str]) -> None:
+    cv, bn = found.producer, found.batch_norm
+    x, w, *bias = (operand(v) for v in cv.inputs)
+    z = cv.outputs[0]
+    conv.emit_forward(
+        ctx, cv, x, w, bias[0] if bias else None, None, 0.0, [], None, outs[1], None, z
+    )  # fmt: skip
+    acts = found.activation
+    act_ops = [] if acts is None else [(acts.op, scalar.attrs_in_dtype(acts.attrs, z.type.np_dtype))]
+    key = ("batch_norm_train", tuple((op, tuple(sorted(at.items()))) for op, at in act_ops))
+    pattern = " -> ".join(["batch_norm_train", *(op for op, _ in act_ops)])
+    k = ctx.generated(key, norm.norm_train_source(act_ops), pattern)
+    params = ", ".join(operand(v) for v in bn.inputs[1:])
+    a = bn.attrs
+    ctx.line(
+        f"{k}({_planes(ctx, z, outs[1])}, {params}, {scalar.literal(a['eps'])}, "
+        f"{scalar.literal(a['momentum'])}, {_planes(ctx, z, outs[0])}, {', '.join(outs[2:])})"
+    )
+
+
+def _norm_backward(ctx, found: NormBackward, operand, outs: list[str], node: Node) -> None:
+    bn, weight = found.batch_norm, found.weight
+    gy, z, bw, mean, invstd = bn.inputs
+    if found.activation is not None:
+        ga, a = (operand(v) for v in found.activation.inputs)
+    else:
+        ga = a = operand(gy)
+    gbw, gbb, gw = outs[:3]
+    dtype = weight.outputs[0].type.dtype
+    w = operand(found.grad_input.inputs[1]) if found.grad_input is not None else gw
+    gx = outs[3] if found.grad_input is not None else ctx.dummy(4, dtype)
+    k = ctx.static(norm.conv2d_batch_norm_backward, "conv2d_batch_norm_backward")
+    geometry = (*conv.conv_params(weight), z.shape[2], z.shape[3])
+    planes = [_planes(ctx, z, e) for e in (ga, a, operand(z))]
+    ctx.line(
+        f"{k}({', '.join(planes)}, {operand(bw)}, {operand(mean)}, {operand(invstd)}, "
+        f"act={act_text(found.activation)}, x={operand(weight.inputs[0])}, w={w}, conv={geometry}, "
+        f"nt=T, gbw={gbw}, gbb={gbb}, gw={gw}, gx={gx})"
     )

@@ -13,6 +13,15 @@ import numpy as np
 from numba import njit, prange
 
 from convforge.backends.numba_cpu.kernels import lowering
+from convforge.backends.numba_cpu.kernels.activation import act_grad
+from convforge.backends.numba_cpu.kernels.conv import (
+    input_grad_image,
+    new_parts,
+    scratch_buffers,
+    sum_parts_t,
+    weight_grad_image,
+)
+from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
 from convforge.ir import scalar
 from convforge.ir.ops import rng
 
@@ -98,6 +107,142 @@ def batch_norm_eval_backward(gy, x, w, rmean, rvar, eps, gx, gw, gb):
                 gx[n, c, i] = g * k
         gb[c] = sg
         gw[c] = sgx
+
+
+# -- training batch norm fused with its conv (the NormForward / NormBackward regions) -------
+@njit(cache=True, parallel=True)
+def batch_stats(z, w, b, rmean, rvar, eps, momentum, mean, invstd, new_mean, new_var, scale, shift):
+    """Batch statistics of ``z`` [N, C, L] in one pass, the running-statistics update, and
+    the float64 per-channel ``scale``, ``shift`` of the normalisation and affine.
+
+    The sums are taken about the channel's first value, in float64: the one-pass variance
+    ``E[d^2] - E[d]^2`` then cancels only as much as the data's spread about it.
+    """
+    N, C, L = z.shape
+    count = N * L
+    for c in prange(C):
+        k = np.float64(z[0, c, 0])
+        s1 = 0.0
+        s2 = 0.0
+        for n in range(N):
+            for i in range(L):
+                d = z[n, c, i] - k
+                s1 += d
+                s2 += d * d
+        dm = s1 / count
+        v = max(s2 / count - dm * dm, 0.0)
+        m = k + dm
+        inv = 1.0 / math.sqrt(v + eps)
+        mean[c] = m
+        invstd[c] = inv
+        new_mean[c] = (1.0 - momentum) * rmean[c] + momentum * m
+        new_var[c] = (1.0 - momentum) * rvar[c] + momentum * v * (count / (count - 1))
+        scale[c] = inv * w[c]
+        shift[c] = b[c] - m * scale[c]
+
+
+_NORM_TRAIN = """\
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from convforge.backends.numba_cpu.kernels.norm import batch_stats
+
+
+@njit(cache=True, parallel=True)
+def kernel(z, w, b, rmean, rvar, eps, momentum, y, mean, invstd, new_mean, new_var):
+    N, C, L = z.shape
+    scale = np.empty(C)
+    shift = np.empty(C)
+    batch_stats(z, w, b, rmean, rvar, eps, momentum, mean, invstd, new_mean, new_var, scale, shift)
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        so = scale[c]
+        to = shift[c]
+        for i in range(L):
+            v = z[n, c, i]
+{epi}
+            y[n, c, i] = v
+"""
+
+
+def norm_train_source(acts: list[tuple[str, dict]]) -> str:
+    """Source of the training batch norm + activations kernel: the statistics of the conv
+    output ``z`` in one pass, then ``y = act(z * scale + shift)`` in one more. Rendered for
+    ReLU, the plane loop's body is ``v = z[n, c, i]; v = v * so + to; v = max(v, 0.0)``."""
+    return _NORM_TRAIN.format(epi=indent(epilogue_lines(acts, has_bn=True), 12))
+
+
+@njit(cache=True)
+def norm_backward_chunk(ga, a, z, sums, act, x, w2, geometry, t, chunks, want_gx, part, gx):
+    """Images t, t + chunks, ...: the conv-output gradient rebuilt in scratch from the
+    per-channel ``sums`` (rows: k, mean, invstd, sum g, sum g * x_hat), then the conv's
+    weight gradient into ``part`` and its input gradient into gx."""
+    kind, p, q = act
+    kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
+    N, C = x.shape[0], x.shape[1]
+    O, kg = w2.shape
+    col, xp, gz, rw = scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, x)
+    count = N * ga.shape[2]
+    part[:] = 0
+    gz[:] = 0  # the wide layout's extra columns stay zero
+    for n in range(t, N, chunks):
+        for o in range(O):
+            k, m, inv, sg, sgx = sums[0, o], sums[1, o], sums[2, o], sums[3, o], sums[4, o]
+            for oy in range(ho):
+                for ox in range(wo):
+                    i = oy * wo + ox
+                    g = act_grad(kind, p, q, ga[n, o, i], a[n, o, i])
+                    gz[o, oy * rw + ox] = k * (count * g - sg - (z[n, o, i] - m) * inv * sgx)
+        weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
+        if want_gx:
+            input_grad_image(gz, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, gx)
+
+
+@njit(cache=True, parallel=True)
+def conv2d_batch_norm_backward(ga, a, z, bw, mean, invstd, act, x, w, conv, nt, gbw, gbb, gw, gx):
+    """All gradients of conv2d -> batch_norm_train -> [activation] from the activation's
+    output gradient ``ga`` ([N, O, L], like its output ``a`` and the conv output ``z``).
+
+    Pass 1 reduces ``g = act'(a) * ga`` and ``g * x_hat`` per channel (the batch norm's
+    bias and weight gradients); pass 2, per image, rebuilds the conv-output gradient
+    ``bw * invstd / m * (m * g - sum g - x_hat * sum g x_hat)`` in scratch and runs the
+    conv's gradient GEMMs on it. ``conv`` is (sh, sw, ph, pw, dh, dw, groups, ho, wo); gx is
+    written when it has N images.
+    """
+    kind, p, q = act
+    N, O, L = ga.shape
+    count = N * L
+    sums = np.empty((5, O))
+    for o in prange(O):
+        m = np.float64(mean[o])
+        inv = np.float64(invstd[o])
+        sg = 0.0
+        sgx = 0.0
+        for n in range(N):
+            for i in range(L):
+                g = np.float64(act_grad(kind, p, q, ga[n, o, i], a[n, o, i]))
+                sg += g
+                sgx += g * (z[n, o, i] - m) * inv
+        gbb[o] = sg
+        gbw[o] = sgx
+        sums[0, o] = bw[o] * inv / count
+        sums[1, o] = m
+        sums[2, o] = inv
+        sums[3, o] = sg
+        sums[4, o] = sgx
+    Ow, cg, kh, kw = w.shape
+    kg = cg * kh * kw
+    w2 = w.reshape(Ow, kg)
+    geometry = (kh, kw) + conv
+    chunks = max(1, min(N, nt))
+    part = new_parts(chunks, kg, O, gw)
+    want_gx = gx.shape[0] == N
+    for t in prange(chunks):
+        norm_backward_chunk(ga, a, z, sums, act, x, w2, geometry, t, chunks, want_gx, part[t], gx)
+    sum_parts_t(part, gw.reshape(O, kg))
 
 
 @njit(cache=True, parallel=True)
