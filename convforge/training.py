@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from convforge import metrics
+from convforge import distributed, metrics
 from convforge.data import ArrayDataset, DataLoader, default_mnist_augmentation, mnist
 from convforge.errors import ConvforgeError
 from convforge.fileio import atomic_write
@@ -138,8 +138,17 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     loader = DataLoader(
         x_train, y_train, config.batch_size, shuffle=True, seed=config.seed, transform=transform
     )
-    step = compile_train(model, (None, *shape), loss="cross_entropy", optimizer=opt, backend=config.backend)
-    trainer = Trainer(
+    # under mpiexec / srun with several ranks: data-parallel, rank 0 alone prints and writes
+    parallel = distributed.MPI() if distributed.launched() else None
+    step = compile_train(
+        model,
+        (None, *shape),
+        loss="cross_entropy",
+        optimizer=opt,
+        backend=config.backend,
+        distributed=parallel,
+    )
+    trainer = trainer_class(step)(
         step,
         loader,
         epochs=config.epochs,
@@ -198,7 +207,7 @@ def fit(
     else:
         shape = (None, *loader.x.shape[1:])
         step = compile_train(model_or_step, shape, loss=loss, optimizer=optimizer, backend=backend)
-    trainer = Trainer(
+    trainer = trainer_class(step)(
         step,
         loader,
         epochs=epochs,
@@ -356,6 +365,16 @@ class Trainer:
             for record in history[-done:] if len(history) == done else [None] * done:
                 _step_scheduler(self.scheduler, record)  # the schedule goes on where the run stopped
         return history, done
+
+
+def trainer_class(step: TrainStep) -> type[Trainer]:
+    """:class:`Trainer`, or for a data-parallel step (``compile_train(..., distributed=)``)
+    ``convforge.distributed.training.DistributedTrainer``: sharded data, rank 0 writes."""
+    if step.communicator is None:
+        return Trainer
+    from convforge.distributed.training import DistributedTrainer  # it subclasses Trainer
+
+    return DistributedTrainer
 
 
 def _as_loader(data: Any, batch_size: int, seed: int, transform: Any) -> DataLoader:

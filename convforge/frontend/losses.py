@@ -253,7 +253,11 @@ def trace_loss(graph: Graph, tracer: Tracer, loss: TrainingLoss, labels: bool, o
     target = graph.add_input("target", target_type)
     tracer.names.update({id(arr): key for key, arr in loss.buffers.items()})
     with tracing(tracer):
-        value = loss.fn(tracer.wrap(output), tracer.wrap(target))
+        if isinstance(loss.fn, Module):  # its nodes belong to the layer "loss", not to the model
+            with tracer.module_scope("loss", loss.fn):
+                value = loss.fn.forward(tracer.wrap(output), tracer.wrap(target))
+        else:
+            value = loss.fn(tracer.wrap(output), tracer.wrap(target))
     if not isinstance(value, SymbolicTensor) or value.shape != ():
         shown = (
             f"a tensor of shape {list(value.shape)}"

@@ -43,13 +43,15 @@ class DataParallel(Pass):
     def run(self, graph: Graph) -> bool:
         changed = self._key_masks(graph)
         updates = [n for n in graph.nodes if n.meta.get("phase") == "update" and len(n.inputs) > 1]
-        grads = _unique(n.inputs[1] for n in updates if n.inputs[1].producer is not None)
+        rules = [n for n in updates if n.op.endswith("_update")]
+        grads = _unique(_raw_gradient(n.inputs[1]) for n in rules if n.inputs[1].producer is not None)
         if not grads:
             return changed
         position = {id(n): i for i, n in enumerate(graph.nodes)}
         grads.sort(key=lambda v: position[id(v.producer)])  # the order backward computes them
         loss = graph.outputs[0]
         buckets = self._buckets([loss, *grads] if loss.producer is not None else grads)
+        # before the whole update phase: gradient clipping, as in torch, sees averaged gradients
         first_update = min(updates, key=lambda n: position[id(n)])
         for index, bucket in enumerate(buckets):
             _reduce_bucket(graph, index, bucket, first_update)
@@ -80,6 +82,17 @@ class DataParallel(Pass):
                 current.append(v)
                 size += nbytes
         return buckets
+
+
+def _raw_gradient(grad: Value) -> Value:
+    """The autodiff gradient behind an update's gradient input: ``grad`` itself, or, under
+    ``clip_grad_norm``, the gradient that ``mul(g, clip_grad_norm_coef(...))`` scales."""
+    node = grad.producer
+    if node is not None and node.op == "mul":
+        scale = node.inputs[1].producer
+        if scale is not None and scale.op == "clip_grad_norm_coef":
+            return node.inputs[0]
+    return grad
 
 
 def _unique(values) -> list[Value]:

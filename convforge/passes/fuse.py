@@ -237,9 +237,14 @@ def _fuse_norm_forward(graph: Graph, conv: Node) -> bool:
     """
     z = conv.outputs[0]
     bns = [u for u in z.users if u.op == "batch_norm_train" and u.inputs[0] is z]
-    if len(bns) != 1 or z in graph.outputs or any(
-        u is not bns[0] and not (u.op == "batch_norm_backward" and u.inputs[1] is z and u.inputs[0] is not z)
-        for u in z.users
+    if (
+        len(bns) != 1
+        or z in graph.outputs
+        or any(
+            u is not bns[0]
+            and not (u.op == "batch_norm_backward" and u.inputs[1] is z and u.inputs[0] is not z)
+            for u in z.users
+        )
     ):
         return False
     bn = bns[0]

@@ -3,6 +3,7 @@ and the pieces that need no launcher: the sampler and the data-parallel pass."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,8 +54,10 @@ def test_data_parallel_steps_equal_one_process_on_the_combined_batch(tmp_path):
     for backend in ("reference", "numba-cpu"):
         graph = str(r[f"{backend}/graph"])
         assert graph.count("all_reduce(") >= 2 and "bucket=1" in graph
-        for opt in ("sgd", "adam"):
-            for key in [k for k in r.files if k.startswith(f"{backend}/{opt}/dp/")]:
+        for opt in ("sgd", "adam", "sgd_clip"):
+            keys = [k for k in r.files if k.startswith(f"{backend}/{opt}/dp/")]
+            assert keys, opt
+            for key in keys:
                 want = r[key.replace("/dp/", "/single/")]
                 np.testing.assert_allclose(r[key], want, rtol=2e-5, atol=2e-6, err_msg=key)
 
@@ -120,6 +123,44 @@ def test_a_batch_shape_mismatch_is_named_at_the_first_step(tmp_path):
     proc, _ = launch("mismatch", tmp_path)
     assert proc.returncode != 0
     assert "rank(s) 1 feed a batch of another shape than rank 0" in proc.stdout + proc.stderr
+
+
+def train_on_two_ranks(folders: tuple[Path, Path], *flags: str) -> subprocess.CompletedProcess:
+    """``convforge train`` on 2 ranks (MPMD: each with its own ``--out``, so what rank 1
+    writes would show); stdout lines prefixed by the rank that printed them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    args = ["--limit", "96", "--batch-size", "16", "--no-progress", *flags]
+    ranks = [["-n", "1", "convforge", "train", *args, "--out", str(folder)] for folder in folders]
+    cmd = ["mpiexec", "-prepend-rank", *ranks[0], ":", *ranks[1]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+
+
+@needs_mpi
+def test_convforge_train_under_mpiexec_prints_and_writes_on_rank_0_and_resumes(tmp_path):
+    from convforge.serialization import load, split_state
+
+    folders = (tmp_path / "rank0", tmp_path / "rank1")
+    proc = train_on_two_ranks(folders, "--epochs", "1")
+    _ok(proc)
+    lines = proc.stdout.strip().splitlines()
+    assert lines and all(line.startswith("[0] ") for line in lines), proc.stdout
+    assert sum("epoch  1/1" in line for line in lines) == 1
+    assert sorted(p.name for p in folders[0].iterdir()) == ["curves.png", "history.json", "weights.npz"]
+    assert not any(folders[1].iterdir())
+    weights, optimizer = split_state(load(folders[0] / "weights.npz"))
+    assert int(optimizer["step"]) == 3  # 96 images, 48 per rank, 16 per rank and step
+    net = cf.compile(cf.models.get_model("lenet5")[0], (None, 1, 28, 28), backend="reference")
+    net.load_state_dict(weights)
+    assert net(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+
+    # every rank resumes from rank 0's folder; rank 0 alone goes on writing there
+    proc = train_on_two_ranks((folders[0], folders[0]), "--epochs", "2", "--resume", str(folders[0]))
+    _ok(proc)
+    assert "[0] resuming after epoch 1 of 2" in proc.stdout and "epoch  2/2" in proc.stdout
+    assert "epoch  1/2" not in proc.stdout
+    history = json.loads((folders[0] / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert int(split_state(load(folders[0] / "weights.npz"))[1]["step"]) == 6
 
 
 @pytest.mark.parametrize("drop_last", [False, True])

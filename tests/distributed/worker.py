@@ -36,8 +36,10 @@ def shard(comm, arr: np.ndarray) -> np.ndarray:
     return arr[comm.rank * half : (comm.rank + 1) * half]
 
 
-def run(make, opt, backend: str, steps: int, distributed) -> tuple[cf.TrainStep, list[float]]:
-    step = cf.compile_train(make(), (None, 1, 6, 6), optimizer=opt, backend=backend, distributed=distributed)
+def run(make, opt, backend: str, steps: int, distributed, clip=None) -> tuple[cf.TrainStep, list[float]]:
+    step = cf.compile_train(
+        make(), (None, 1, 6, 6), optimizer=opt, backend=backend, distributed=distributed, clip_grad_norm=clip
+    )
     losses = []
     for i in range(steps):
         x, y = data(i)
@@ -52,10 +54,16 @@ def equal(out: Path) -> None:
     config = cf.distributed.MPI(bucket_mb=0.0001)  # several buckets even for this tiny model
     results = {}
     for backend in ("reference", "numba-cpu"):
-        for name, opt in (("sgd", optim.SGD(lr=0.1, momentum=0.9)), ("adam", optim.Adam(lr=0.01))):
-            dp, dp_losses = run(plain_model, opt, backend, 2, config)
+        cases = (
+            ("sgd", optim.SGD(lr=0.1, momentum=0.9), None),
+            ("adam", optim.Adam(lr=0.01), None),
+            # torch clips after DDP has averaged: the norm is of the global gradient
+            ("sgd_clip", optim.SGD(lr=0.1), 0.05),
+        )
+        for name, opt, clip in cases:
+            dp, dp_losses = run(plain_model, opt, backend, 2, config, clip)
             if dp.communicator.rank == 0:
-                single, losses = run(plain_model, opt, backend, 2, None)
+                single, losses = run(plain_model, opt, backend, 2, None, clip)
                 for key, value in dp.state_dict().items():
                     results[f"{backend}/{name}/dp/{key}"] = value
                     results[f"{backend}/{name}/single/{key}"] = single.state_dict()[key]

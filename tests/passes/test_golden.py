@@ -139,6 +139,33 @@ def _training_graph() -> Graph:
     return graph() if callable(graph) else graph
 
 
+def _bn_training_graph() -> Graph:
+    """The joint training graph of conv (no bias) -> BN -> ReLU -> conv -> BN -> linear."""
+    import convforge as cf
+    from convforge import nn, optim
+
+    cf.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
+        nn.Conv2d(2, 2, 3, bias=False), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 2 * 2, 3),
+    )  # fmt: skip
+    step = cf.compile_train(
+        model, (None, 1, 4, 4), optimizer=optim.SGD(lr=0.1), backend="reference", dtype="float64"
+    )
+    graph = step.graph
+    return graph() if callable(graph) else graph
+
+
+def no_fuse_bn_training_conv_output_read_twice() -> Graph:
+    """The conv output is also a graph output: the training batch norm stays apart."""
+    g = Graph("bn_training_conv_output_read_twice")
+    x, w, _b = _conv_input(g)
+    h = g.call("conv2d", x, w, padding=(1, 1))
+    y = g.call("batch_norm_train", h, *_bn_params(g))
+    g.set_outputs([g.call("relu", y[0]), h])
+    return g
+
+
 #: case name -> (pipeline, builder)
 CASES: dict[str, tuple[str, Callable[[], Graph]]] = {
     "fuse_conv_relu_max_pool": ("fuse,dce", conv_relu_max_pool),
@@ -155,6 +182,11 @@ CASES: dict[str, tuple[str, Callable[[], Graph]]] = {
     "no_fold_bn_after_relu": ("fold-batchnorm,dce", no_fold_bn_after_relu),
     "fuse_training_argmax": ("fuse{training=true},dce", _training_graph),
     "fuse_training_conv_backward": ("fuse{training=true,conv_backward=true},dce", _training_graph),
+    "fuse_training_batch_norm": ("fuse{training=true,conv_backward=true},dce", _bn_training_graph),
+    "no_fuse_bn_training_conv_output_read_twice": (
+        "fuse{training=true,conv_backward=true},dce",
+        no_fuse_bn_training_conv_output_read_twice,
+    ),
 }
 
 
@@ -210,7 +242,11 @@ def test_no_cases_fuse_nothing():
     """A ``no_fuse_`` case keeps its pool or its shared value out of any region."""
     for case in (c for c in CASES if c.startswith("no_fuse")):
         _, before, after = _read(case)
-        kept = {"no_fuse_value_with_two_users": "add(", "no_fuse_graph_output": "= conv2d("}
+        kept = {
+            "no_fuse_value_with_two_users": "add(",
+            "no_fuse_graph_output": "= conv2d(",
+            "no_fuse_bn_training_conv_output_read_twice": "= batch_norm_train(",
+        }
         marker = kept.get(case, "_pool2d(")
         assert marker in after, f"{case}: expected {marker!r} outside any fusion region"
 

@@ -167,6 +167,20 @@ CASES: list[Case] = [
     Case("cross_entropy", [X(3, 2), In((3,), "labels", classes=2)], {"reduction": "sum"}),
     Case("mse_loss", [X(3, 4), X(3, 4)]),
     Case("mse_loss", [X(2, 2, 3), X(2, 2, 3)], {"reduction": "sum"}),
+    Case("l1_loss", [X(3, 4), X(3, 4)]),
+    Case("l1_loss", [X(2, 3), X(2, 3)], {"reduction": "sum"}),
+    Case("smooth_l1_loss", [X(3, 4), X(3, 4)], {"beta": 0.5}),
+    Case("huber_loss", [X(3, 4), X(3, 4)], {"delta": 0.7, "reduction": "sum"}),
+    Case("nll_loss", [X(4, 5), In((4,), "labels", classes=5)]),
+    Case("nll_loss", [X(5, 3), In((5,), "labels", classes=3), In((3,), "pos")], {"ignore_index": 1}),
+    Case("binary_cross_entropy_with_logits", [X(3, 4), In((3, 4), "pos")]),
+    Case("binary_cross_entropy_with_logits", [X(2, 3), In((2, 3), "pos"), In((3,), "pos"), In((3,), "pos")],
+         {"reduction": "sum"}),  # fmt: skip
+    # collectives: one process (the LOCAL communicator), where all_reduce is the identity
+    Case("all_reduce", [X(2, 3)]),
+    Case("channel_count", [X(2, 3, 4)]),
+    Case("sync_batch_norm", [X(2, 3, 2, 2), X(3), X(3), X(3), In((3,), "pos"), In((3,), "const"),
+                             In((3,), "pos"), In((1,), "pos", shift=8.0)]),  # fmt: skip
     # elementwise and relayouts
     Case("add", [X(2, 3, 2), X(2, 3, 2)]),
     Case("mul", [X(2, 3, 2), X(2, 3, 2)]),
@@ -382,6 +396,25 @@ def _torch_op(case: Case, t: list[torch.Tensor]) -> torch.Tensor:
         return TF.cross_entropy(t[0], t[1], reduction=a["reduction"])
     if op == "mse_loss":
         return TF.mse_loss(t[0], t[1], reduction=a["reduction"])
+    if op in ("l1_loss", "smooth_l1_loss", "huber_loss"):
+        options = {"smooth_l1_loss": {"beta": a.get("beta")}, "huber_loss": {"delta": a.get("delta")}}
+        return getattr(TF, op)(t[0], t[1], reduction=a["reduction"], **options.get(op, {}))
+    if op == "nll_loss":
+        weight = t[2] if len(t) > 2 else None
+        return TF.nll_loss(t[0], t[1], weight, ignore_index=a["ignore_index"], reduction=a["reduction"])
+    if op == "binary_cross_entropy_with_logits":
+        weight, pos_weight = (t[2], t[3]) if len(t) > 3 else (None, None)
+        return TF.binary_cross_entropy_with_logits(
+            t[0], t[1], weight, reduction=a["reduction"], pos_weight=pos_weight
+        )
+    if op == "all_reduce":
+        return t[0].clone()
+    if op == "channel_count":  # a constant of x's shape: zero gradient
+        return t[0].new_full((1,), float(t[0].numel() // t[0].shape[1])) + 0 * t[0].sum()
+    if op == "sync_batch_norm":  # batch norm with the given statistics, differentiable in them
+        shape = (1, -1) + (1,) * (t[0].dim() - 2)
+        invstd = torch.rsqrt(t[4] + a["eps"]).reshape(shape)
+        return (t[0] - t[3].reshape(shape)) * invstd * t[1].reshape(shape) + t[2].reshape(shape)
     if op == "add":
         return t[0] + t[1]
     if op == "sub":

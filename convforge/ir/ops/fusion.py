@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from convforge.errors import FusionError
 from convforge.ir import scalar
-from convforge.ir.ops.pool import MAX_ARGMAX_TAPS
 from convforge.ir.ops import registry
+from convforge.ir.ops.pool import MAX_ARGMAX_TAPS
 from convforge.ir.ops.registry import FusionKind, Op
 
 if TYPE_CHECKING:

@@ -3,13 +3,13 @@ three SGD-momentum steps agree with torch (float32) and with the reference backe
 
 from __future__ import annotations
 
+import convforge.functional as F
 import numpy as np
 import pytest
 import torch
 from torch_bridge import assert_close, to_torch
 
 import convforge as cf
-import convforge.functional as F
 from convforge import nn, optim
 from convforge.backends.numba_cpu import BACKEND
 from convforge.models.zoo import BasicBlock
@@ -74,7 +74,8 @@ def _twin(model: nn.Module) -> torch.nn.Module:
 def _data(shape, batch, dtype):
     rng = np.random.default_rng(7)
     return [
-        (rng.standard_normal((batch, *shape)).astype(dtype), rng.integers(0, 3, size=batch)) for _ in range(STEPS)
+        (rng.standard_normal((batch, *shape)).astype(dtype), rng.integers(0, 3, size=batch))
+        for _ in range(STEPS)
     ]
 
 
@@ -149,6 +150,8 @@ def test_the_fusion_fires_and_can_be_turned_off(monkeypatch):
 
 
 def test_batch_of_one_is_refused_as_torch_does():
-    step = cf.compile_train(Block(), (None, 3, 2, 2), optimizer=optim.SGD(**SGD), backend="numba-cpu")
+    # a 1x1 conv output at batch 1: one value per channel
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten())
+    step = cf.compile_train(model, (None, 2, 3, 3), optimizer=optim.SGD(**SGD), backend="numba-cpu")
     with pytest.raises(cf.ConvforgeError, match="more than 1 value per channel"):
-        step(np.zeros((1, 3, 2, 2), np.float32), np.array([0]))
+        step(np.zeros((1, 2, 3, 3), np.float32), np.array([0]))
