@@ -595,3 +595,18 @@ def test_evaluate_on_a_test_set_missing_classes(tmp_path, capsys):
     recall = next(line for line in out.splitlines() if line.startswith("per-class recall"))
     assert "nan" not in recall and recall.split()[-5:] == ["n/a"] * 5
     assert "no test images of class 5, 6, 7, 8, 9" in out
+
+
+@pytest.mark.parametrize("name", ["a\nimport os; os._exit(3)", "nul\x00byte", "cr\rx\u2028y"])
+def test_layer_names_reach_generated_code_only_as_comments(name):
+    """Layer names and locations are printed into the numba-cpu driver as comments: a
+    newline, NUL or line separator in one (from a module, an IR or an ONNX file) stays inside
+    its comment line (the fuzz suite found a NUL giving a SyntaxError)."""
+    model = nn.Sequential()
+    model.add_module(name, nn.Linear(3, 2))
+    net = cf.compile(model, (None, 3), backend="numba-cpu")
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(net(x), cf.compile(model, (None, 3), backend="reference")(x), rtol=1e-6)
+    assert "os._exit" not in "".join(
+        line for line in net.source().splitlines() if not line.lstrip().startswith("#")
+    )

@@ -48,6 +48,12 @@ def local_name(value_name: str, is_input: bool) -> str:
     return safe
 
 
+def comment(text: str) -> str:
+    """``text`` as one line of Python comment: layer names and source locations come from
+    the user (or an IR or ONNX file), so a newline or NUL in them is escaped, never code."""
+    return "# " + "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 @dataclass
 class KernelRef:
     name: str  # the driver's local name
@@ -209,7 +215,7 @@ def generate(graph: Graph, planned: list[Value], views: set[int]) -> Program:
         ins = [ctx.names[id(v)] for v in node.inputs]
         outs = [ctx.names[id(v)] for v in node.outputs]
         fused = node.meta.get("fused_from")
-        ctx.line(f"# {node.describe()}" + (f": {' -> '.join(fused)}" if fused else ""))
+        ctx.line(comment(node.describe() + (f": {' -> '.join(fused)}" if fused else "")))
         first = len(ctx.lines)
         lower(ctx, node, ins, outs)
         for text in ctx.lines[first:]:
@@ -220,7 +226,7 @@ def generate(graph: Graph, planned: list[Value], views: set[int]) -> Program:
             ctx.line(f"O[{j}][...] = {ctx.names[id(v)]}")
 
     header = [
-        f"# convforge numba-cpu driver for graph @{graph.name}",
+        comment(f"convforge numba-cpu driver for graph @{graph.name}"),
         f"# nodes: {', '.join(n.op for n in graph.nodes)}",
         "import math",
         "",
@@ -235,7 +241,7 @@ def generate(graph: Graph, planned: list[Value], views: set[int]) -> Program:
     body = ["    T = numba.get_num_threads()"]
     if ctx.kernels:
         body.append(f"    {', '.join(k.name for k in ctx.kernels)}, = K")
-        body += [f"    # {k.name}: {k.label}" for k in ctx.kernels]
+        body += ["    " + comment(f"{k.name}: {k.label}") for k in ctx.kernels]
     body += ["    " + line for line in prologue]
     body += ["    " + line for line in ctx.lines]
     body.append("    return O")

@@ -40,6 +40,15 @@ from convforge.ir.ops.conv import pad_pairs
 
 
 @njit(cache=True)
+def inside_columns(off, sw, W, wo):
+    """The range [lo, hi) of output columns ox whose input column ox*sw + off lies in [0, W)."""
+    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+    hi = (W - 1 - off) // sw + 1 if W - 1 - off >= 0 else 0
+    hi = min(hi, wo)
+    return min(lo, hi), hi
+
+
+@njit(cache=True)
 def im2col(x, n, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col):
     """col[(c*kh+i)*kw+j, oy*wo+ox] = x[n, c0+c, oy*sh+i*dh-ph, ox*sw+j*dw-pw] (0 outside)."""
     H = x.shape[2]
@@ -50,11 +59,7 @@ def im2col(x, n, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col):
             for j in range(kw):
                 k = (c * kh + i) * kw + j
                 off = j * dw - pw
-                # the ox range whose input column lies inside [0, W)
-                lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                hi = (W - 1 - off) // sw + 1 if W - 1 - off >= 0 else 0
-                hi = min(hi, wo)
-                lo = min(lo, hi)
+                lo, hi = inside_columns(off, sw, W, wo)
                 for oy in range(ho):
                     iy = oy * sh + i * dh - ph
                     row = oy * wo
@@ -80,10 +85,7 @@ def col2im(col, n, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, gx):
             for j in range(kw):
                 k = (c * kh + i) * kw + j
                 off = j * dw - pw
-                lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                hi = (W - 1 - off) // sw + 1 if W - 1 - off >= 0 else 0
-                hi = min(hi, wo)
-                lo = min(lo, hi)
+                lo, hi = inside_columns(off, sw, W, wo)
                 for oy in range(ho):
                     iy = oy * sh + i * dh - ph
                     if 0 <= iy < H:
