@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,14 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
+
+
+def mpiexec() -> str:
+    """The launcher: the mpich wheel's beside this Python, else the one on PATH."""
+    found = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if found is None:
+        raise SystemExit('mpiexec not found: pip install ".[distributed]" (or load your cluster\'s MPI)')
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
         forwarded = ["--model", args.model, "--images", str(args.images), "--batch", str(args.batch),
                      "--epochs", str(args.epochs)]  # fmt: skip
-        cmd = ["mpiexec", "-n", str(ranks), sys.executable, str(HERE), "--worker", *forwarded]
+        cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(HERE), "--worker", *forwarded]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])

@@ -317,6 +317,7 @@ class TrainStep:
         #: parameter name -> its param group (the parameters the optimizer updates)
         self._groups = optimizer.assign(list(model.named_parameters()), self.name)
         self._update_attrs: list[dict[str, Any]] | None = None  # the train programs' groups
+        self._raw_groups: str | None = None  # repr of the param groups' options last checked
         for key in self._groups:
             for state in optimizer.state:
                 arr = self._store.arrays[key]
@@ -523,6 +524,12 @@ class TrainStep:
         """Drop the training programs when an option of the optimizer's param groups changed
         since they were built (a schedule's learning rate): the next step rebuilds the
         update program, whose kernels take the options as arguments and are reused."""
+        # the options as the user (or a schedule) left them: checked only when they changed
+        groups = self.optimizer.param_groups
+        raw = repr([[(k, v) for k, v in group.items() if k != "params"] for group in groups])
+        if raw == self._raw_groups:
+            return
+        self._raw_groups = raw
         attrs = self.optimizer.group_attrs()
         if attrs != self._update_attrs:
             if self._update_attrs is not None:

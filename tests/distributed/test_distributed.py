@@ -22,7 +22,9 @@ from convforge.passes.data_parallel import DataParallel
 try:
     import mpi4py  # noqa: F401
 
-    MPI_REASON = "" if shutil.which("mpiexec") else "mpiexec is not on PATH"
+    # the mpich wheel installs it beside this Python, which need not be on PATH
+    MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    MPI_REASON = "" if MPIEXEC else "mpiexec is neither beside this Python nor on PATH"
 except ImportError:
     MPI_REASON = 'mpi4py is not importable: pip install ".[distributed]"'
 needs_mpi = pytest.mark.skipif(bool(MPI_REASON), reason=MPI_REASON)
@@ -36,7 +38,7 @@ def launch(scenario: str, out: Path) -> tuple[subprocess.CompletedProcess, float
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     start = time.perf_counter()
     proc = subprocess.run(
-        ["mpiexec", "-n", "2", sys.executable, str(WORKER), scenario, str(out)],
+        [MPIEXEC, "-n", "2", sys.executable, str(WORKER), scenario, str(out)],
         capture_output=True, text=True, timeout=TIMEOUT, env=env,
     )  # fmt: skip
     return proc, time.perf_counter() - start
@@ -130,8 +132,9 @@ def train_on_two_ranks(folders: tuple[Path, Path], *flags: str) -> subprocess.Co
     writes would show); stdout lines prefixed by the rank that printed them."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     args = ["--limit", "96", "--batch-size", "16", "--no-progress", *flags]
-    ranks = [["-n", "1", "convforge", "train", *args, "--out", str(folder)] for folder in folders]
-    cmd = ["mpiexec", "-prepend-rank", *ranks[0], ":", *ranks[1]]
+    convforge = [sys.executable, "-m", "convforge.cli"]  # the console script need not be on PATH
+    ranks = [["-n", "1", *convforge, "train", *args, "--out", str(folder)] for folder in folders]
+    cmd = [MPIEXEC, "-prepend-rank", *ranks[0], ":", *ranks[1]]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
 
 
