@@ -144,7 +144,9 @@ def run_suite(
     starts: dict[tuple[str, bool], dict] = {}
     for workload in select(only):
         say(f"{workload.name} ...")
-        row = measure(workload, reps, threads, peers, notes, max_inner=3 if quick else 10)
+        # blocks of up to 10 calls in --quick too (fewer blocks): with 3 a call at a block's
+        # start, its caches cold from the peer's block, weighed a third of the median
+        row = measure(workload, reps, threads, peers, notes, max_inner=10)
         if startup:
             key = (workload.network, workload.train)
             if key not in starts:

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -266,13 +267,21 @@ def suite_module():
 
 # -- convforge bench model.onnx -----------------------------------------------------------
 def run_onnx_benchmark(
-    path: str, batch: int = 1, threads: int = 2, quick: bool = False, backend: str = "numba-cpu"
+    path: str,
+    batch: int = 1,
+    threads: int = 2,
+    quick: bool = False,
+    backend: str = "numba-cpu",
+    torch_model: Any = None,
 ) -> str:
     """convforge against onnxruntime on one ``.onnx`` file, same threads, alternating blocks.
 
     onnxruntime runs the file as convforge reads it (``convforge.onnx.importer.free_batch``:
     a file fixed to batch 1 runs at ``batch``). The table gives medians, the compile time,
     the largest output difference and, on numba-cpu, the kernels that take the most time.
+    ``torch_model`` (the ``torch.nn.Module`` the file was exported from) adds torch eager,
+    run on the file's weights: ``torch.onnx.export`` names the initializers after the
+    ``state_dict`` keys.
     """
     try:
         import onnxruntime as ort
@@ -300,19 +309,62 @@ def run_onnx_benchmark(
     single = _once(lambda: net(x))
     inner = max(1, min(20, int(0.25 / max(single, 1e-6))))
     reps = 3 if quick else 9
-    r = alternate({"cf": lambda: net(x), "ort": lambda: session.run(None, feed)}, reps, inner)
+    fns = {"cf": lambda: net(x), "ort": lambda: session.run(None, feed)}
+    if torch_model is not None:
+        fns["torch"] = _torch_twin(torch_model, model, x, theirs, threads)
+    r = alternate(fns, reps, inner)
     name = os.path.basename(path)
+    torch_head, torch_cells = ("", "")
+    if "torch" in r:
+        torch_head = " torch eager | ratio |"
+        torch_cells = f" {_fmt(r['torch'])} | {r['cf'] / r['torch']:.2f} |"
     lines = [
-        f"| model ({threads} threads) | batch | convforge {backend} | onnxruntime | ratio | compile "
-        "| max rel diff |",
-        "|---|---|---|---|---|---|---|",
-        f"| {name} | {batch} | {_fmt(r['cf'])} | {_fmt(r['ort'])} | {r['cf'] / r['ort']:.2f} | "
+        f"| model ({threads} threads) | batch | convforge {backend} | onnxruntime | ratio |{torch_head} "
+        "compile | max rel diff |",
+        "|---|---|---|---|---|" + "---|---|" * bool(torch_head) + "---|---|",
+        f"| {name} | {batch} | {_fmt(r['cf'])} | {_fmt(r['ort'])} | {r['cf'] / r['ort']:.2f} |{torch_cells} "
         f"{_fmt(compile_s)} | {diff:.1e} |",
     ]
     if r["cf"] > 3 * r["ort"]:
         lines.append("")
         lines.append(f"profile ({name}, batch {batch}): {kernel_profile(net, x, reps=3)}")
     return "\n".join(lines)
+
+
+def _torch_twin(torch_model: Any, model: Any, x: np.ndarray, want: np.ndarray, threads: int):
+    """A call of ``torch_model`` in eval mode with the weights of the imported ``model``,
+    checked against onnxruntime's output ``want`` first."""
+    import torch
+
+    torch.set_num_threads(threads)
+    state = {key: torch.from_numpy(np.array(value)) for key, value in model.state_dict().items()}
+    own = torch_model.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    if missing:
+        raise ConvforgeError(
+            f"convforge bench --torch: the file has no initializer for {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} (was it exported from this class?)"
+        )
+    try:
+        torch_model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    except RuntimeError as exc:  # a shape that differs: another model
+        raise ConvforgeError(f"convforge bench --torch: the file's weights do not fit: {exc}") from None
+    torch_model.eval()
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        got = torch_model(xt).numpy()
+    scale = float(np.abs(want).max()) if want.size else 1.0
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-4 * scale):
+        raise ConvforgeError(
+            "convforge bench --torch: the torch model's output differs from onnxruntime's on the "
+            "file's weights (was the file exported from this class?)"
+        )
+
+    def call() -> None:
+        with torch.no_grad():
+            torch_model(xt)
+
+    return call
 
 
 def _once(fn: Callable[[], object]) -> float:

@@ -128,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("model", nargs="?", default=None, help="an .onnx file: convforge against onnxruntime")
     b.add_argument("--batch", type=int, default=1, help="batch size for an .onnx model")
     b.add_argument("--backend", default="numba-cpu", choices=list(BACKENDS), help="for an .onnx model")
+    b.add_argument(
+        "--torch",
+        default=None,
+        metavar="FILE.py:CLASS",
+        help="for an .onnx model: the torch.nn.Module class it was exported from (adds torch eager)",
+    )
     b.add_argument("--suite", action="store_true", help="the CNN workload table of benchmarks/suite.py")
     b.add_argument("--only", default=None, metavar="NAME", help="with --suite: one workload (or name prefix)")
     b.add_argument(
@@ -367,9 +373,29 @@ def _bench_onnx(args: argparse.Namespace) -> int:
         raise ConvforgeError(f"convforge bench: {args.model!r} is not an .onnx file")
     if args.batch < 1:
         raise ConvforgeError(f"convforge bench: --batch must be >= 1, got {args.batch}")
+    torch_model = None
+    if args.torch is not None:
+        torch_model = _torch_model(args.torch)
     print(run_onnx_benchmark(args.model, batch=args.batch, threads=args.threads, quick=args.quick,
-                             backend=args.backend))  # fmt: skip
+                             backend=args.backend, torch_model=torch_model))  # fmt: skip
     return 0
+
+
+def _torch_model(spec: str):
+    """``--torch FILE.py:CLASS``: the user's torch model class, built without arguments."""
+    try:
+        import torch
+    except ImportError:
+        raise ConvforgeError("convforge bench --torch needs PyTorch: pip install torch") from None
+    from convforge.usermodel import load_class
+
+    if not is_file_spec(spec):
+        raise ModelSpecError(f"--torch {spec}: expected path/to/file.py:ClassName")
+    cls = load_class(spec, base=torch.nn.Module, what="--torch", kind="torch.nn.Module")
+    try:
+        return cls()
+    except Exception as exc:  # noqa: BLE001 - the user's constructor failed: say so, no traceback
+        raise ModelSpecError(f"--torch {spec}: {cls.__name__}() raised {type(exc).__name__}: {exc}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

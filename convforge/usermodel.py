@@ -38,34 +38,43 @@ def display_name(spec: str) -> str:
     return spec.rpartition(":")[2] if is_file_spec(spec) else spec
 
 
-def resolve_model(spec: str) -> tuple[Module, tuple[int, ...]]:
-    """A fresh model and its input shape (without the batch) for a zoo name or a file spec."""
-    if not is_file_spec(spec):
-        return get_model(spec)
+def load_class(
+    spec: str, base: type = Module, what: str = "--model", kind: str = "convforge.nn.Module"
+) -> type:
+    """The class ``ClassName`` of ``path/to/file.py:ClassName``, a subclass of ``base``
+    (importing the file runs it: the user named it)."""
     path_text, _, class_name = spec.rpartition(":")
     path = Path(path_text).expanduser()
     if not path.is_file():
-        raise ModelSpecError(f"--model {spec}: no such file {path}")
+        raise ModelSpecError(f"{what} {spec}: no such file {path}")
     module_name = f"convforge_user_model_{abs(hash(str(path.resolve())))}"
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     if loader_spec is None or loader_spec.loader is None:
-        raise ModelSpecError(f"--model {spec}: {path} cannot be imported as a Python module")
+        raise ModelSpecError(f"{what} {spec}: {path} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module  # dataclasses and pickling look classes up here
     try:
         loader_spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's code failed: say where, not a traceback
         sys.modules.pop(module_name, None)
-        raise ModelSpecError(f"--model {spec}: importing {path} raised {type(exc).__name__}: {exc}") from None
+        raise ModelSpecError(f"{what} {spec}: importing {path} raised {type(exc).__name__}: {exc}") from None
     cls = getattr(module, class_name, None)
     if cls is None:
-        found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Module))
-        hint = f"; its nn.Module classes: {', '.join(found)}" if found else "; it defines no nn.Module class"
-        raise ModelSpecError(f"--model {spec}: {path} has no class {class_name!r}{hint}")
-    if not (isinstance(cls, type) and issubclass(cls, Module)):
-        raise ModelSpecError(
-            f"--model {spec}: {class_name} is a {type(cls).__name__}, not a convforge.nn.Module subclass"
-        )
+        found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, base))
+        short = kind.removeprefix("convforge.")
+        hint = f"; its {short} classes: {', '.join(found)}" if found else f"; it defines no {short} class"
+        raise ModelSpecError(f"{what} {spec}: {path} has no class {class_name!r}{hint}")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ModelSpecError(f"{what} {spec}: {class_name} is a {type(cls).__name__}, not a {kind} subclass")
+    return cls
+
+
+def resolve_model(spec: str) -> tuple[Module, tuple[int, ...]]:
+    """A fresh model and its input shape (without the batch) for a zoo name or a file spec."""
+    if not is_file_spec(spec):
+        return get_model(spec)
+    class_name = spec.rpartition(":")[2]
+    cls = load_class(spec)
     try:
         model = cls()
     except Exception as exc:  # noqa: BLE001 - as above: the user's constructor failed

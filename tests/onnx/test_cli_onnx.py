@@ -71,3 +71,38 @@ def test_bad_onnx_paths_are_reported(tmp_path, capsys):
     assert "convforge: error:" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "model.txt")]) == 1
     assert "is not an .onnx file" in capsys.readouterr().err
+
+
+TORCH_NET = """
+import torch.nn as nn
+
+
+class Small(nn.Sequential):
+    def __init__(self):
+        super().__init__(
+            nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 13 * 13, 10)
+        )
+"""
+
+
+def test_bench_an_onnx_file_exported_from_torch_times_torch_too(tmp_path, capsys, monkeypatch):
+    """``--torch FILE.py:CLASS`` names the class the file came from: torch eager runs on the
+    file's weights (checked against onnxruntime first) in the same alternation."""
+    import numba
+    import torch
+
+    source = tmp_path / "small.py"
+    source.write_text(TORCH_NET)
+    namespace: dict = {}
+    exec(compile(TORCH_NET, str(source), "exec"), namespace)
+    torch.manual_seed(0)
+    path = tmp_path / "small.onnx"
+    torch.onnx.export(namespace["Small"]().eval(), torch.zeros(1, 1, 28, 28), str(path), dynamo=False)
+    threads = str(numba.config.NUMBA_NUM_THREADS)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+    argv = ["bench", str(path), "--quick", "--threads", threads, "--backend", "reference"]
+    assert main([*argv, "--torch", f"{source}:Small"]) == 0
+    out = capsys.readouterr().out
+    assert "torch eager" in out and "| small.onnx | 1 |" in out
+    assert main([*argv, "--torch", f"{source}:Nope"]) == 2
+    assert "has no class 'Nope'" in capsys.readouterr().err
