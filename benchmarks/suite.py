@@ -282,14 +282,10 @@ def machine_peak(threads: int) -> float:
 def startup_times(workload: Workload, threads: int) -> dict:
     """Cold compile and warm start of the workload's program, each in a new process, and
     (training) the peak RSS of convforge's and torch's child after a few steps."""
+    from convforge.bench import fresh_cache_env
+
     with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "CONVFORGE_CACHE_DIR": tmp,
-            "NUMBA_CACHE_DIR": os.path.join(tmp, "numba"),
-            "NUMBA_NUM_THREADS": str(threads),
-        }
-        env.pop("CONVFORGE_DEBUG", None)
+        env = fresh_cache_env(tmp, threads)
         cold = _child(workload, "convforge", env)
         warm = _child(workload, "convforge", env)
     result = {"cold": cold["first"], "warm": warm["first"]}

@@ -175,16 +175,23 @@ print(json.dumps({"train": t1 - t0, "total": t2 - t0, "stats": cache.stats()}))
 """
 
 
+def fresh_cache_env(cache: str, threads: int) -> dict[str, str]:
+    """This process's environment for a child that compiles into the empty folder ``cache``
+    (convforge's and Numba's caches) on ``threads`` threads."""
+    env = {
+        **os.environ,
+        "CONVFORGE_CACHE_DIR": cache,
+        "NUMBA_CACHE_DIR": os.path.join(cache, "numba"),
+        "NUMBA_NUM_THREADS": str(threads),
+    }
+    env.pop("CONVFORGE_DEBUG", None)
+    return env
+
+
 def _startup_rows(threads: int) -> list[Row]:
     """Cold compile (empty caches) and warm start (filled caches), each in a new process."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "CONVFORGE_CACHE_DIR": tmp,
-            "NUMBA_CACHE_DIR": os.path.join(tmp, "numba"),
-            "NUMBA_NUM_THREADS": str(threads),
-        }
-        env.pop("CONVFORGE_DEBUG", None)
+        env = fresh_cache_env(tmp, threads)
         cold = _run_startup(env)
         warm = _run_startup(env)
     nan = float("nan")
