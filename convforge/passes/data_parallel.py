@@ -2,8 +2,9 @@
 
 Each rank runs the same training graph on its shard of the batch. This pass (run by
 ``compile_train(..., distributed=...)`` on the graph :func:`~convforge.passes.training.build_training_graph`
-made) packs the gradients read by the update nodes (phase ``update``: ``op(param, grad,
-...)``, input 1 the gradient) into a few flat buckets, each one ``all_reduce`` (mean), and
+made) packs the gradients (the values backward computes and the ``update`` phase reads:
+the updates, and gradient clipping before them) into a few flat buckets, each one
+``all_reduce`` (mean), and
 unpacks them for the updates: a step makes one collective per bucket, as PyTorch DDP does::
 
     %b0: f32[61706] = concat(%g7.r, %g6.r, ...) {dim=0}   # bucket 0: 61706 elements
@@ -42,9 +43,14 @@ class DataParallel(Pass):
 
     def run(self, graph: Graph) -> bool:
         changed = self._key_masks(graph)
-        updates = [n for n in graph.nodes if n.meta.get("phase") == "update" and len(n.inputs) > 1]
-        rules = [n for n in updates if n.op.endswith("_update")]
-        grads = _unique(_raw_gradient(n.inputs[1]) for n in rules if n.inputs[1].producer is not None)
+        updates = [n for n in graph.nodes if n.meta.get("phase") == "update"]
+        # the gradients: what backward computed and the update phase (clipping included) reads
+        grads = _unique(
+            v
+            for n in updates
+            for v in n.inputs
+            if v.producer is not None and v.producer.meta.get("phase") == "backward"
+        )
         if not grads:
             return changed
         position = {id(n): i for i, n in enumerate(graph.nodes)}
@@ -82,17 +88,6 @@ class DataParallel(Pass):
                 current.append(v)
                 size += nbytes
         return buckets
-
-
-def _raw_gradient(grad: Value) -> Value:
-    """The autodiff gradient behind an update's gradient input: ``grad`` itself, or, under
-    ``clip_grad_norm``, the gradient that ``mul(g, clip_grad_norm_coef(...))`` scales."""
-    node = grad.producer
-    if node is not None and node.op == "mul":
-        scale = node.inputs[1].producer
-        if scale is not None and scale.op == "clip_grad_norm_coef":
-            return node.inputs[0]
-    return grad
 
 
 def _unique(values) -> list[Value]:
