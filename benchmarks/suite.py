@@ -178,10 +178,12 @@ def compile_convforge(workload: Workload, model, x: np.ndarray, y: np.ndarray):
     shape = (None, *x.shape[1:])
     if workload.train:
         optimizer = cf.optim.SGD(lr=0.01, momentum=0.9)
-        step = cf.compile_train(model, shape, loss="cross_entropy", optimizer=optimizer, backend="numba-cpu")
+        step = cf.compile_train(
+            model, shape, loss="cross_entropy", optimizer=optimizer, backend="numba-cpu", tiered=False
+        )
         step(x, y)
         return (lambda: step(x, y)), step._program("train").executable
-    net = cf.compile(model, shape, backend="numba-cpu")
+    net = cf.compile(model, shape, backend="numba-cpu", tiered=False)
     net(x)
     return (lambda: net(x)), net._executable
 
@@ -210,7 +212,7 @@ def measure(
     if not workload.train and "torch" in calls:
         import convforge as cf
 
-        ours = cf.compile(model, (None, *x.shape[1:]), backend="numba-cpu")(x)
+        ours = cf.compile(model, (None, *x.shape[1:]), backend="numba-cpu", tiered=False)(x)
         with torch.no_grad():
             theirs = calls["torch"]()
         row.max_rel_diff = float(np.max(np.abs(ours - theirs)) / max(float(np.max(np.abs(theirs))), 1e-30))

@@ -109,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         s.add_argument("--source", action="store_true", help="print the generated kernel source")
         s.add_argument(
+            "--tune", action="store_true",
+            help="pick each layer's algorithm by timing the candidates (recorded in the tuning log)",
+        )  # fmt: skip
+        s.add_argument(
             "--graph", default=None, metavar="FILE", help="write a picture of the graph (.png or .svg)"
         )
         s.add_argument("--backend", default=None, choices=list(BACKENDS))
@@ -281,6 +285,7 @@ def _show(args: argparse.Namespace) -> int:
         want_source=args.source,
         input_shape=args.input_shape,
         optimizer=settings.optimizer,
+        tune=args.tune,
     )
     if args.train:
         print(f"# {settings.describe()}")

@@ -31,11 +31,13 @@ def model_graph(
     want_source: bool = False,
     input_shape: Sequence[int] | None = None,
     optimizer: Optimizer | None = None,
+    tune: bool = False,
 ) -> tuple[Graph, str]:
     """The IR of model ``name`` (zoo name, ``.onnx`` file or ``file.py:ClassName``) after
     pass ``after`` (or after all passes), and its source. ``input_shape`` (without the
     batch) replaces the model's own; ``optimizer`` is the training program's (default:
-    what ``convforge train`` uses, :func:`training_settings`)."""
+    what ``convforge train`` uses, :func:`training_settings`); ``tune`` picks each layer's
+    algorithm by measurement (``compile(..., tune=True)``)."""
     model, shape = model_and_shape(name)
     shape = tuple(input_shape) if input_shape is not None else shape
     backend = resolve(backend)
@@ -45,10 +47,10 @@ def model_graph(
                 "--after applies to the inference pipeline; the training program is shown whole"
             )
         optimizer = optimizer if optimizer is not None else training_settings().optimizer
-        step = compile_train(model, (None, *shape), optimizer=optimizer, backend=backend)
+        step = compile_train(model, (None, *shape), optimizer=optimizer, backend=backend, tune=tune)
         return step.graph_for("train"), step.source() if want_source else ""
     if after is None:
-        net = compile(model, (None, *shape), backend=backend)
+        net = compile(model, (None, *shape), backend=backend, tune=tune)
         return net.graph, net.source() if want_source else ""
     passes = parse_pipeline(pipeline_for(backend, training=False))
     names = [p.name for p in passes]

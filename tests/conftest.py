@@ -11,6 +11,9 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 # the pool it launched; pinned once here, an in-process CLI call or a monkeypatch restoring
 # the variable cannot make a later test's compile raise
 os.environ.setdefault("NUMBA_NUM_THREADS", str(len(os.sched_getaffinity(0))))  # Numba's default
+# tests hold the compiled kernels to the reference: a first call on the fast tier would run
+# the reference itself (tests/backends/numba_cpu/test_tiers.py turns the tier on)
+os.environ.setdefault("CONVFORGE_TIERED", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -75,6 +76,17 @@ class Backend:
         return f"<Backend {self.name}>"
 
 
+#: ``0`` turns tiered execution off where a caller does not choose (``compile(tiered=None)``)
+TIERED_ENV = "CONVFORGE_TIERED"
+
+
+def tiered_default(explicit: bool | None = None) -> bool:
+    """``explicit`` if given, else ``$CONVFORGE_TIERED`` (on unless ``0``/``false``/``no``/``off``)."""
+    if explicit is not None:
+        return bool(explicit)
+    return os.environ.get(TIERED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 # =========================================================================================
 # Host state shared by compiled programs
 # =========================================================================================
@@ -128,6 +140,9 @@ class Executable(abc.ABC):
     #: compile progress on stderr (``backends.progress``): None = when stderr is a
     #: terminal or ``$CONVFORGE_PROGRESS`` is set; True / False force it
     progress: bool | None = None
+    #: while kernels compile (on worker processes), run the calls on a fast tier that needs
+    #: no compiling, then switch (numba-cpu; the switch replays the steps: ``docs/design.md``)
+    tiered: bool = False
     #: the run-time object collective ops (``all_reduce``) exchange data through; one rank
     #: (every collective the identity) unless the caller sets another (data-parallel training)
     communicator: Communicator = LOCAL
@@ -157,6 +172,14 @@ class Executable(abc.ABC):
         and discards the outputs; no state array is read or written.
         """
         self.run(stand_in_inputs(self.graph, batch, [name for name, _ in self.labels]))
+
+    def ready(self) -> bool:
+        """Whether calls run on the compiled kernels (False while a fast tier stands in)."""
+        return True
+
+    def wait_ready(self) -> None:
+        """Block until :meth:`ready` (the kernels compiling in the background are done)."""
+        return None
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> int:
         """Check every input's presence, dtype and shape, and class labels; return the batch."""

@@ -471,6 +471,25 @@ def _place(name: str, data: bytes) -> Path:
     return path
 
 
+# -- small records (tuning logs) ----------------------------------------------------------------
+def read_record(name: str) -> bytes | None:
+    """The bytes of record ``name`` (a file convforge wrote to the cache folder, such as a
+    tuning log), if the manifest vouches for them; None when absent, and a damaged or
+    planted file is discarded with one :class:`CacheWarning`, like a kernel file."""
+    for store in _layout().read:
+        data = store.read_verified(store.root / name)
+        if data is not None:
+            return data
+    return None
+
+
+def write_record(name: str, data: bytes) -> bool:
+    """Write record ``name`` atomically into the cache folder and the manifest; False when
+    the cache cannot be written (the record is then only kept in memory by its owner)."""
+    layout = _layout()
+    return layout.write.write(layout.write.root / name, data)
+
+
 # -- the Numba hooks ----------------------------------------------------------------------------
 def install() -> str:
     """Route Numba's cache for every convforge function through the verified cache; return

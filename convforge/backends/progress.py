@@ -44,6 +44,20 @@ def enabled(explicit: bool | None = None) -> bool:
         return False
 
 
+def explain() -> None:
+    """Say once per process why the first run compiles (and where the cache is)."""
+    from convforge.backends.cache import cache_dir
+
+    global _EXPLAINED
+    if not _EXPLAINED:
+        _EXPLAINED = True
+        print(
+            f"convforge: first run compiles kernels, later runs load them from the cache ({cache_dir()})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 @contextlib.contextmanager
 def compiling(what: str, dispatchers: Iterable[Any], explicit: bool | None = None) -> Iterator[Watcher]:
     """Show progress while the block compiles any of ``dispatchers`` (Numba functions).
@@ -118,16 +132,7 @@ class Watcher:
             return
         from tqdm import tqdm
 
-        from convforge.backends.cache import cache_dir
-
-        global _EXPLAINED
-        if not _EXPLAINED:
-            _EXPLAINED = True
-            print(
-                f"convforge: first run compiles kernels, later runs load them from the cache ({cache_dir()})",
-                file=sys.stderr,
-                flush=True,
-            )
+        explain()
         self.bar = tqdm(
             total=max(len(self.kernels), 1),
             initial=self.ready(),

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from convforge.backends import get_backend, resolve
-from convforge.backends.base import Executable, HostState, check_labels
+from convforge.backends.base import Executable, HostState, check_labels, tiered_default
 from convforge.errors import ConvforgeError, DTypeError, ShapeError
 from convforge.frontend.functional import as_numeric as _as_numeric
 from convforge.frontend.functional import refuse_integers
@@ -46,12 +46,19 @@ def compile(
     dtype: str = "float32",
     eager: bool = False,
     progress: bool | None = None,
+    tiered: bool | None = None,
+    tune: bool = False,
 ) -> CompiledModel:
     """Compile ``model`` for inference; ``None`` as the first dim accepts any batch size.
 
     Numba kernels compile on the first call (or load from the kernel cache); ``eager=True``
     does it before returning. ``progress`` shows that compile on stderr (default: when
     stderr is a terminal or ``$CONVFORGE_PROGRESS=1``; nothing when all kernels load).
+    The kernels a first call needs compile on worker processes; with ``tiered`` (default
+    ``$CONVFORGE_TIERED``, on) the calls run on the reference interpreter meanwhile, then
+    switch to the kernels (numba-cpu; ``docs/design.md``, "Tiered execution"). ``tune=True``
+    picks each layer's algorithm by timing the candidates once at its geometry (recorded in
+    the tuning log, per CPU and thread count) instead of by the cost model.
 
     >>> net = cf.compile(model, input_shape=(None, 1, 28, 28), backend="reference")
     >>> logits = net(x)
@@ -59,8 +66,9 @@ def compile(
     _check_model(model)
     ir_dtype = _ir_dtype(dtype)
     store = ParamStore.from_model(model, ir_dtype)
-    net = CompiledModel(model, input_shape, store, resolve(backend), ir_dtype)
+    net = CompiledModel(model, input_shape, store, resolve(backend), ir_dtype, tune=tune)
     net._executable.progress = progress
+    net._executable.tiered = tiered_default(tiered)
     if eager:
         net._executable.prepare()
     return net
@@ -77,6 +85,8 @@ def compile_train(
     progress: bool | None = None,
     distributed: Any = None,
     clip_grad_norm: float | None = None,
+    tiered: bool | None = None,
+    tune: bool = False,
 ) -> TrainStep:
     """Compile forward + backward + optimizer update into one training-step program.
 
@@ -103,7 +113,11 @@ def compile_train(
 
     ``eager=True`` compiles the training program's kernels before returning (with
     stand-in data; no weight changes), instead of on the first step; ``progress`` as
-    for :func:`compile`.
+    for :func:`compile`. ``tiered`` (default ``$CONVFORGE_TIERED``, on): on an empty kernel
+    cache the first steps run on the reference interpreter while the kernels compile on
+    worker processes; at the switch those steps are replayed on the kernels, so the weights
+    are what the kernels alone would have made (``docs/design.md``, "Tiered execution").
+    ``tune`` as for :func:`compile`.
 
     >>> step = cf.compile_train(model, (None, 1, 28, 28), loss="cross_entropy",
     ...                         optimizer=optim.SGD(lr=0.01, momentum=0.9))
@@ -124,6 +138,8 @@ def compile_train(
         model, input_shape, loss, optimizer, resolve(backend), ir_dtype, clip_grad_norm=clip_grad_norm
     )
     step.progress = progress
+    step.tiered = tiered_default(tiered)
+    step.tune = bool(tune)
     if distributed is not None:
         step.distribute(distributed)
     if eager:
@@ -175,7 +191,13 @@ class CompiledModel:
     """A model compiled for inference: ``net(x)``, ``net.graph``, ``net.source()``."""
 
     def __init__(
-        self, model: Module, input_shape: Sequence[int | None], store: ParamStore, backend: str, dtype: str
+        self,
+        model: Module,
+        input_shape: Sequence[int | None],
+        store: ParamStore,
+        backend: str,
+        dtype: str,
+        tune: bool = False,
     ) -> None:
         self.backend = backend
         self.dtype = dtype
@@ -185,6 +207,7 @@ class CompiledModel:
         self.input_type = _input_type(input_shape, dtype, self.name)
         graph, _ = trace_model(model, self.input_type, training=False)
         PassManager.from_string(FRONT_PIPELINE).run(graph)
+        graph.meta["tune"] = bool(tune)
         self._executable = get_backend(backend).compile_graph(graph, training=False)
         self._graph = self._executable.graph
 
@@ -196,6 +219,11 @@ class CompiledModel:
     def source(self) -> str:
         """The generated code (for ``reference``, the interpreted graph)."""
         return self._executable.source()
+
+    @property
+    def compiling(self) -> bool:
+        """Whether calls still run on the fast tier while the kernels compile (``tiered``)."""
+        return not self._executable.ready()
 
     def __call__(self, x: Any) -> np.ndarray:
         arr, unbatched = batched_input(x, self.input_type, self.name)
@@ -283,6 +311,10 @@ class TrainStep:
 
     #: compile progress of its programs (see :func:`compile`)
     progress: bool | None = None
+    #: whether the training program runs on the fast tier while its kernels compile
+    tiered: bool = False
+    #: whether layers pick their algorithm by measurement (``compile(..., tune=True)``)
+    tune: bool = False
     #: the data-parallel configuration and communicator (:meth:`distribute`), or None
     distributed: Any = None
     communicator: Any = None
@@ -406,8 +438,23 @@ class TrainStep:
                     arr += 1
         return float(loss)
 
+    @property
+    def compiling(self) -> bool:
+        """Whether a program of this step still runs on the fast tier while its kernels
+        compile (``tiered``); steps then are slower, not different."""
+        return any(not program.executable.ready() for program in self._programs.values())
+
     def warmup(self, x: Any, y: Any) -> None:
         """Compile (and run once) the training program, then restore every weight and buffer."""
+        executable = self._program("train").executable
+        executable.wait_ready()
+        tiered, executable.tiered = executable.tiered, False
+        try:
+            self._warmup(x, y)
+        finally:
+            executable.tiered = tiered
+
+    def _warmup(self, x: Any, y: Any) -> None:
         self._store.sync()
         saved = {k: v.copy() for k, v in self._store.arrays.items()}
         steps = self.steps
@@ -453,8 +500,10 @@ class TrainStep:
         net.input_type = self.input_type
         graph, _ = trace_model(self.model, self.input_type, training=False)
         PassManager.from_string(FRONT_PIPELINE).run(graph)
+        graph.meta["tune"] = self.tune
         net._executable = get_backend(self.backend).compile_graph(graph, training=False)
         net._executable.progress = self.progress
+        net._executable.tiered = self.tiered
         net._graph = net._executable.graph
         return net
 
@@ -518,6 +567,7 @@ class TrainStep:
         if key not in self._programs:
             self._programs[key] = self._build(kind)
             self._programs[key].executable.progress = self.progress
+            self._programs[key].executable.tiered = self.tiered and kind == "train"
         return self._programs[key]
 
     def _follow_optimizer(self) -> None:
@@ -566,6 +616,7 @@ class TrainStep:
             if self.communicator is not None:
                 rank, bucket = self.communicator.rank, self.distributed.bucket_bytes
                 DataParallel(bucket_bytes=bucket, rank=rank).run(graph)
+        graph.meta["tune"] = self.tune
         executable = get_backend(self.backend).compile_graph(graph, training=True)
         if self.communicator is not None and kind == "train":
             executable.communicator = self.communicator

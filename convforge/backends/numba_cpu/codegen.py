@@ -17,7 +17,7 @@ import numpy as np
 
 from convforge.backends import cache
 from convforge.backends.lowering import HostCall
-from convforge.backends.numba_cpu import kernels
+from convforge.backends.numba_cpu import kernels, precompile
 from convforge.ir.graph import Graph, Value
 from convforge.ir.types import BATCH
 
@@ -59,6 +59,8 @@ class KernelRef:
     name: str  # the driver's local name
     label: str  # what `stats` and debug output call it
     dispatcher: Any
+    #: where a compile worker finds the kernel (``precompile.origin_of``); None: only here
+    origin: dict | None = None
 
 
 @dataclass
@@ -81,7 +83,7 @@ class Context:
         if id(fn) not in self._static:
             name = f"K{len(self.kernels)}"
             self._static[id(fn)] = name
-            self.kernels.append(KernelRef(name, label, fn))
+            self.kernels.append(KernelRef(name, label, fn, precompile.origin_of(fn)))
             cache.track(label, fn)
         return self._static[id(fn)]
 
@@ -97,12 +99,14 @@ class Context:
     def generated(self, key: Any, source: str, pattern: str) -> str:
         """The driver name of a kernel generated from ``source`` (implements IR ``pattern``)."""
         if key not in self._generated:
-            module = load_generated(f"# key: {key!r}\n" + source, pattern)
             text = f"# convforge numba-cpu kernel for IR pattern: {pattern}\n# key: {key!r}\n" + source
+            module = cache.load_module(text, prefix="kernel", flags=FLAGS)
             name = f"K{len(self.kernels)}"
             label = f"{pattern} [{module.__name__[-8:]}]"
             self._generated[key] = name
-            self.kernels.append(KernelRef(name, label, module.kernel))
+            self.kernels.append(
+                KernelRef(name, label, module.kernel, precompile.origin_of(module.kernel, text))
+            )
             self.sources.append((f"{module.__file__}", text))
             cache.track(label, module.kernel)
         return self._generated[key]

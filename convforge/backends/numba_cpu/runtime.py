@@ -5,15 +5,18 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numba
 import numpy as np
 
 from convforge.backends import cache, progress
-from convforge.backends.base import Executable
+from convforge.backends.base import Executable, HostState
 from convforge.backends.lowering import HostCall
+from convforge.backends.numba_cpu import precompile
 from convforge.backends.numba_cpu.codegen import Program, generate
+from convforge.backends.numba_cpu.tiers import Tier, progress_bar
 from convforge.errors import ConvforgeError
 from convforge.ir.graph import Graph
 from convforge.passes.memory_plan import ALIAS_OPS, MemoryPlan, plan_memory
@@ -68,6 +71,9 @@ class NumbaCpuExecutable(Executable):
         self.program: Program = generate(graph, self._planned, views)
         self._buffers: dict[int, tuple[MemoryPlan, list[np.ndarray]]] = {}
         self._reported = False
+        #: whether the first call has looked for kernels to compile (on workers, maybe tiered)
+        self._planned_compile = False
+        self._tier: Tier | None = None
 
     def plan(self, batch: int) -> MemoryPlan:
         return self._bind(batch)[0]
@@ -91,6 +97,28 @@ class NumbaCpuExecutable(Executable):
         """Run the graph; outputs are fresh arrays, except those the caller hands in ``out``
         (output index -> array), which are written in place (a training step updates its
         weights this way instead of copying new ones over them)."""
+        batch, arrays, views, outs, kernels = self._call_args(inputs, out)
+        if not self._planned_compile:
+            self._plan_compile((batch, arrays, views, outs), kernels)
+        tier = self._tier
+        if tier is not None:
+            if tier.in_step or not tier.background.done():
+                return tier.run(inputs, out)
+            self._end_tier()  # a plain call (inference) switches without a replay
+        if self._reported:
+            self.program.run(batch, arrays, views, outs, kernels)
+            return outs
+        # the first run compiles (or loads) every kernel: that stall is shown, not silent
+        with progress.compiling(f"@{self.graph.name}", kernels, self.progress):
+            self.program.run(batch, arrays, views, outs, kernels)
+        self._reported = True
+        cache.report_new()
+        return outs
+
+    def _call_args(
+        self, inputs: Mapping[str, np.ndarray], out: Mapping[int, np.ndarray] | None
+    ) -> tuple[int, list[np.ndarray], list[np.ndarray], list[np.ndarray], tuple]:
+        """The checked inputs bound for the driver: (batch, inputs, planned buffers, outputs, kernels)."""
         batch = self.check(inputs)
         # np.ascontiguousarray would turn a 0-d array (the step counter) into 1-d
         arrays = [
@@ -114,15 +142,101 @@ class NumbaCpuExecutable(Executable):
             k.dispatcher.bind(self.communicator) if isinstance(k.dispatcher, HostCall) else k.dispatcher
             for k in self.program.kernels
         )
-        if self._reported:
-            self.program.run(batch, arrays, views, outs, kernels)
-            return outs
-        # the first run compiles (or loads) every kernel: that stall is shown, not silent
-        with progress.compiling(f"@{self.graph.name}", kernels, self.progress):
-            self.program.run(batch, arrays, views, outs, kernels)
-        self._reported = True
-        cache.report_new()
-        return outs
+        return batch, arrays, views, outs, kernels
 
     def source(self) -> str:
         return self.program.source()
+
+    # -- compiling on workers, and the fast tier meanwhile -----------------------------------
+    def _plan_compile(self, call_args: tuple, kernels: Sequence[Any]) -> None:
+        """Before the first call: start worker processes compiling the kernels it would
+        compile, when there are enough of them to pay for the workers' start
+        (``precompile.MIN_JOBS``); then run on the fast tier (:attr:`tiered`) or wait."""
+        self._planned_compile = True
+        origins = {
+            id(k.dispatcher): (k.label, k.origin) for k in self.program.kernels if k.origin is not None
+        }
+        if not origins or precompile.worker_count(precompile.MIN_JOBS) < 1:
+            return
+        try:
+            found = precompile.signatures(self.program.run, kernels, call_args)
+        except Exception:  # noqa: BLE001 - a driver the stand-ins cannot run compiles as it calls
+            return
+        jobs = precompile.pending(found, origins)
+        if len(jobs) < precompile.MIN_JOBS:
+            return
+        try:
+            background = precompile.Background(jobs)
+        except OSError:  # no processes to be had: compile in this one
+            return
+        what = f"@{self.graph.name}"
+        if self.tiered and self.communicator.size == 1:
+            self._tier = Tier(self.graph, background, what, self.progress)
+        else:
+            _wait(background, what, self.progress)
+
+    def prepare(self, batch: int = 2) -> None:
+        """Compile every kernel now (on worker processes where that is faster), never tiered."""
+        if self._tier is not None:
+            self._tier.background.wait()
+            self._end_tier()
+        tiered, self.tiered = self.tiered, False
+        try:
+            super().prepare(batch)
+        finally:
+            self.tiered = tiered
+
+    def ready(self) -> bool:
+        tier = self._tier
+        return tier is None or tier.background.done()
+
+    def wait_ready(self) -> None:
+        if self._tier is not None:
+            _wait(self._tier.background, f"@{self.graph.name}", self.progress, self._tier.bar)
+
+    def _end_tier(self) -> None:
+        tier, self._tier = self._tier, None
+        if tier is not None:
+            tier.close()
+
+    def step(
+        self,
+        inputs: Mapping[str, Any],
+        state: HostState,
+        feedback: Mapping[int, str],
+        fetch: Sequence[int] = (0,),
+    ) -> list[np.ndarray]:
+        """A training step (see :meth:`Executable.step`). While the kernels compile on
+        workers the steps run on the fast tier and are logged; at the switch the log is
+        replayed from the state it started at, so the state then is what these kernels
+        alone would have made of it."""
+        if not self._planned_compile:
+            full = self.with_state(inputs, state)
+            batch, arrays, views, outs, kernels = self._call_args(full, None)
+            self._plan_compile((batch, arrays, views, outs), kernels)
+        tier = self._tier
+        if tier is not None and tier.background.done():
+            self._end_tier()
+            tier.replay(
+                state, feedback.values(), lambda batch: Executable.step(self, batch, state, feedback, ())
+            )
+        tier = self._tier
+        if tier is None:
+            return super().step(inputs, state, feedback, fetch)
+        tier.begin(state)
+        tier.in_step = True
+        try:
+            result = super().step(inputs, state, feedback, fetch)
+        finally:
+            tier.in_step = False
+        tier.record(inputs, state)  # only a step that succeeded is replayed
+        return result
+
+
+def _wait(background: precompile.Background, what: str, explicit: bool | None, bar: Any = None) -> None:
+    """Wait for ``background``, with its progress bar when progress is shown."""
+    own = bar is None
+    bar = bar if bar is not None else progress_bar(background, what, explicit, waiting=True)
+    background.wait(bar.update if bar is not None else None)
+    if bar is not None and own:
+        bar.close()

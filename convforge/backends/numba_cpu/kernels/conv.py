@@ -25,9 +25,12 @@ from __future__ import annotations
 import math
 import os
 
+import numba
 import numpy as np
 from numba import njit, prange
 
+from convforge.backends.numba_cpu import tuning
+from convforge.backends.numba_cpu.codegen import load_generated
 from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.blas import copy_run, gemm
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
@@ -491,13 +494,15 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_MACS = 65536
 
 
-def conv_algorithm(conv: Node) -> tuple[str, str]:
+def conv_algorithm(conv: Node, tune: bool = False) -> tuple[str, str]:
     """(algorithm, why) for a forward convolution node: ``im2col`` or ``winograd`` (F(2x2, 3x3)).
 
     Winograd takes 3x3 conv2d with stride 1, dilation 1 and groups 1; the cost model picks
     it when input and output channels are both at least ``WINOGRAD_MIN_CHANNELS`` and each
     of its 16 GEMMs per image has at least ``WINOGRAD_MIN_MACS`` multiply-adds (O * C * 2x2
-    output tiles). ``$CONVFORGE_CONV_ALGO`` overrides the model.
+    output tiles). With ``tune`` both are timed at the layer's geometry instead (once per
+    geometry, CPU and thread count: the tuning log, ``numba_cpu/tuning.py``).
+    ``$CONVFORGE_CONV_ALGO`` overrides both.
     """
     choice = os.environ.get(ALGO_ENV, "auto").strip().lower() or "auto"
     if choice not in ALGORITHMS:
@@ -512,6 +517,8 @@ def conv_algorithm(conv: Node) -> tuple[str, str]:
         return "im2col", blocker + (f" ({ALGO_ENV}=winograd does not apply)" if choice == "winograd" else "")
     if choice == "winograd":
         return "winograd", f"{ALGO_ENV}=winograd"
+    if tune:
+        return tuned_algorithm(conv)
     o, c = conv.inputs[1].shape[:2]
     th, tw = tile_counts(*conv.outputs[0].shape[2:])
     if min(c, o) < WINOGRAD_MIN_CHANNELS:
@@ -522,6 +529,39 @@ def conv_algorithm(conv: Node) -> tuple[str, str]:
             f"{o}x{c}x{th * tw} per-tile GEMMs: below {WINOGRAD_MIN_MACS} multiply-adds for winograd",
         )
     return "winograd", f"3x3 stride 1, {c} -> {o} channels, {th}x{tw} tiles: 2.25x fewer multiplications"
+
+
+#: the batch a convolution is timed at when tuned (its graph's batch is not known yet)
+TUNE_BATCH = 16
+
+
+def tuned_algorithm(conv: Node) -> tuple[str, str]:
+    """(algorithm, why) for a Winograd-eligible convolution, by timing both algorithms'
+    plain forward kernels (no epilogue) at the node's geometry and ``TUNE_BATCH`` images."""
+    x_t, w_t = conv.inputs[0].type, conv.inputs[1].type
+    o, c, kh, kw = w_t.shape
+    h, w = x_t.shape[2:]
+    ho, wo = conv.outputs[0].shape[2:]
+    geometry = conv_params(conv)
+    threads = numba.get_num_threads()
+    key = f"{conv.op} {w_t.dtype} x[{TUNE_BATCH},{c},{h},{w}] w[{o},{c},{kh},{kw}] params{list(geometry)}"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((TUNE_BATCH, c, h, w)).astype(x_t.np_dtype)
+    weights = rng.standard_normal((o, c, kh, kw)).astype(w_t.np_dtype)
+    bias = np.zeros(o, dtype=w_t.np_dtype)
+    y = np.empty((TUNE_BATCH, o, ho * wo), dtype=x_t.np_dtype)
+    no_argmax = np.zeros((0, 0, 0), dtype=np.uint8)
+    pool = (1, 1, 1, 1, 0, 0, ho, wo)
+    conv_args = (*geometry, ho, wo)
+
+    def candidate(algorithm: str):
+        # the very kernel a plain convolution's driver would call (same key, same file)
+        key = ("conv", (), False, "none", algorithm)
+        source = f"# key: {key!r}\n" + forward_source([], False, "none", algorithm)
+        kernel = load_generated(source, conv.op).kernel
+        return lambda: kernel(x, weights, b=bias, conv=conv_args, pool=pool, nt=threads, y=y, am=no_argmax)
+
+    return tuning.choose(key, {name: candidate(name) for name in ("im2col", "winograd")}, threads)
 
 
 def _winograd_blocker(conv: Node) -> str:
@@ -579,7 +619,7 @@ def emit_forward(
     pool_kind = "none"
     if pool is not None:
         pool_kind = "avg" if pool.op == "avg_pool2d" else "max"
-    algorithm, why = conv_algorithm(conv)
+    algorithm, why = conv_algorithm(conv, tune=bool(ctx.graph.meta.get("tune")))
     key = (
         "conv",
         tuple((op, tuple(sorted(at.items()))) for op, at in acts),
