@@ -191,6 +191,14 @@ def group_columns(x, n, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, xp, col)
 
 
 @njit(cache=True)
+def image_columns(x, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, xp, col):
+    """col = im2col of every channel of image n (padded into ``xp`` first when stride is 1)."""
+    if sh == 1 and sw == 1:
+        pad_image(x, n, ph, pw, xp)
+    group_columns(x, n, 0, x.shape[1], kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, xp, col)
+
+
+@njit(cache=True)
 def conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r):
     """r = W @ im2col(x[n]) for one image, group by group; wide layout when stride is 1."""
     O = w2.shape[0]
@@ -374,8 +382,8 @@ def conv2d_backward_fused(gp, yp, am, act, pool, x, w, conv, nt, gw, gb, gx):
 # -- the generated forward kernel ---------------------------------------------------------
 _FORWARD = """\
 @njit(cache=True)
-def store(r, rw, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg):
-    O = r.shape[0]
+def store(r, rw, n, o0, o1, b, bn_s, bn_t, ho, wo,
+          pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg):
 {store}
 
 
@@ -399,7 +407,8 @@ _IM2COL_LOOP = """\
         col, xp, r, rw = scratch_buffers(x.shape[1], O, w2.shape[1], kh, kw, sh, sw, dh, dw, ho, wo, x)
         for n in range(t, N, chunks):
             conv_gemm_image(x, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, r)
-            store(r, rw, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
+            store(r, rw, n, 0, O, b, bn_s, bn_t, ho, wo,
+                  pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
 
 # the weights are transformed once per call, output rows split over the threads; then
 # each image is padded, transformed and multiplied (16 GEMMs) into r, which the epilogue reads
@@ -414,10 +423,27 @@ _WINOGRAD_LOOP = """\
         for n in range(t, N, chunks):
             pad_image(x, n, ph, pw, xp)
             winograd_tiles(xp, u, ho, wo, v, m, r)
-            store(r, wo, n, b, bn_s, bn_t, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
+            store(r, wo, n, 0, O, b, bn_s, bn_t, ho, wo,
+                  pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
+
+# fewer images than threads (batch 1): each image's columns are built once, then the
+# threads split the output channels of its GEMM and epilogue (groups == 1 only)
+_CHANNEL_SPLIT_LOOP = """\
+    col, xp, r, rw = scratch_buffers(x.shape[1], O, w2.shape[1], kh, kw, sh, sw, dh, dw, ho, wo, x)
+    ochunks = max(1, min(O, nt))
+    ostep = (O + ochunks - 1) // ochunks
+    for n in range(N):
+        image_columns(x, n, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, xp, col)
+        for t in prange(ochunks):
+            o0 = t * ostep
+            o1 = min(O, o0 + ostep)
+            if o0 < o1:
+                gemm(False, False, 1.0, w2[o0:o1], col, 0.0, r[o0:o1])
+                store(r, rw, n, o0, o1, b, bn_s, bn_t, ho, wo,
+                      pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
 
 _STORE_PLAIN = """\
-    for o in range(O):
+    for o in range(o0, o1):
         bo = b[o]
 {bn_load}
         for oy in range(ho):
@@ -427,7 +453,7 @@ _STORE_PLAIN = """\
                 y[n, o, oy * wo + ox] = v"""
 
 _STORE_MAX = """\
-    for o in range(O):
+    for o in range(o0, o1):
         bo = b[o]
 {bn_load}
         # the epilogue runs over whole GEMM rows (a vectorisable loop), then the pool reads them
@@ -438,7 +464,7 @@ _STORE_MAX = """\
         max_pool_plane(r[o], rw, ho, wo, pkh, pkw, psh, psw, pph, ppw, hp, wp, y[n, o], am, n, o, want_arg)"""
 
 _STORE_AVG = """\
-    for o in range(O):
+    for o in range(o0, o1):
         bo = b[o]
 {bn_load}
         for q in range(ho * rw):
@@ -448,9 +474,13 @@ _STORE_AVG = """\
         avg_pool_plane(r[o], rw, pkh, pkw, psh, psw, hp, wp, y[n, o])"""
 
 
-def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str, algorithm: str = "im2col") -> str:
+def forward_source(
+    acts: list[tuple[str, dict]], has_bn: bool, pool: str, algorithm: str = "im2col", split: str = "images"
+) -> str:
     """Source of the fused conv kernel for one epilogue: ``pool`` is none|max|avg,
-    ``algorithm`` im2col|winograd (see :func:`conv_algorithm`).
+    ``algorithm`` im2col|winograd (see :func:`conv_algorithm`); ``split`` says what the
+    threads share out: ``images`` (a chunk of the batch each) or ``channels`` (im2col, one
+    image at a time, each thread a block of output channels: for fewer images than threads).
 
     The max-pool variant writes the argmax only when ``am`` is a real buffer (training), so
     inference and training share one compiled kernel.
@@ -467,11 +497,16 @@ def forward_source(acts: list[tuple[str, dict]], has_bn: bool, pool: str, algori
         bn_param, bn_setup = "bn, ", "    bn_s, bn_t = bn_scale_shift(*bn, True)"
     else:
         bn_param, bn_setup = "", "    bn_s = bn_t = np.empty(0, dtype=y.dtype)"
-    loop = _WINOGRAD_LOOP if algorithm == "winograd" else _IM2COL_LOOP
+    if split == "channels":
+        loop = _CHANNEL_SPLIT_LOOP
+    else:
+        loop = _WINOGRAD_LOOP if algorithm == "winograd" else _IM2COL_LOOP
     body = _FORWARD.format(store=store, bn_param=bn_param, bn_setup=bn_setup, conv_loop=loop)
     header = (
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
-        "from convforge.backends.numba_cpu.kernels.conv import conv_gemm_image, pad_image, scratch_buffers\n"
+        "from convforge.backends.numba_cpu.kernels.blas import gemm\n"
+        "from convforge.backends.numba_cpu.kernels.conv import (\n"
+        "    conv_gemm_image, image_columns, pad_image, scratch_buffers,\n)\n"
         "from convforge.backends.numba_cpu.kernels.winograd import (\n"
         "    transformed_weights, weight_transform_rows, winograd_buffers, winograd_tiles,\n)\n"
         "from convforge.backends.numba_cpu.kernels.norm import bn_scale_shift\n"
@@ -649,15 +684,28 @@ def emit_forward(
     bias = b if b is not None else ctx.zeros(cout.shape[1], cout.dtype, "no_bias")
     bn_arg = f"bn=({', '.join(bn)}, {scalar.literal(bn_eps)}), " if bn is not None else ""
     n = ctx.dim(out_value.shape[0])
-    ctx.line(f"# conv algorithm: {algorithm} ({why})")
     # the trailing size spelled out: NumPy cannot infer -1 for an empty array
     rest = math.prod(out_value.type.shape[2:])
     y3 = f"{y}.reshape({n}, {cout.shape[1]}, {rest})"
     am3 = f"{am}.reshape({n}, {cout.shape[1]}, {rest})" if am else ctx.dummy_u8()
-    ctx.line(
-        f"{k}({x4}, {w4}, b={bias}, {bn_arg}conv=({sh}, {sw}, {ph}, {pw}, {dh}, {dw}, {groups}, {ho}, {wo}), "
+    args = (
+        f"({x4}, {w4}, b={bias}, {bn_arg}conv=({sh}, {sw}, {ph}, {pw}, {dh}, {dw}, {groups}, {ho}, {wo}), "
         f"pool={pool_geometry}, nt=T, y={y3}, am={am3})"
     )
+    if groups != 1:
+        ctx.line(f"# conv algorithm: {algorithm} ({why})")
+        ctx.line(k + args)
+        return
+    # a batch smaller than the thread count would leave threads idle in the image split
+    small = ctx.generated(
+        (*key[:-1], "im2col-channels"),
+        forward_source(acts, bn is not None, pool_kind, "im2col", split="channels"),
+        pattern + " [channel split]",
+    )
+    ctx.line(f"if {n} < T:  # conv algorithm: im2col, fewer images than threads: they split the channels")
+    ctx.line(f"    {small}{args}")
+    ctx.line(f"else:  # conv algorithm: {algorithm} ({why})")
+    ctx.line(f"    {k}{args}")
 
 
 @lowering("conv2d", "conv1d")
