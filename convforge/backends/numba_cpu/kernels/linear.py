@@ -13,7 +13,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from convforge.backends.numba_cpu.kernels import lowering
-from convforge.backends.numba_cpu.kernels.blas import gemm
+from convforge.backends.numba_cpu.kernels.blas import gemm, vecmat
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines
 from convforge.ir import scalar
 
@@ -33,7 +33,10 @@ def matmul_block(a, b, c, ta, tb, t, chunks, by_rows):
         gemm(ta, tb, 1.0, ai, b, 0.0, c[i0:i1])
     else:
         bj = b[i0:i1] if tb else b[:, i0:i1]
-        gemm(ta, tb, 1.0, a, bj, 0.0, c[:, i0:i1])
+        if c.shape[0] == 1 and not ta:
+            vecmat(tb, a, bj, c[:, i0:i1])
+        else:
+            gemm(ta, tb, 1.0, a, bj, 0.0, c[:, i0:i1])
 
 
 @njit(cache=True, parallel=True)
