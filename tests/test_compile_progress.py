@@ -47,9 +47,12 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(kind: str, cache_dir, env_progress: str) -> tuple[dict, str]:
+def _child(kind: str, cache_dir, env_progress: str, workers: str | None = "0") -> tuple[dict, str]:
     env = dict(os.environ, CONVFORGE_CACHE_DIR=str(cache_dir), CONVFORGE_PROGRESS=env_progress)
     env.pop("CONVFORGE_DEBUG", None)
+    env.pop("CONVFORGE_COMPILE_WORKERS", None)
+    if workers is not None:
+        env["CONVFORGE_COMPILE_WORKERS"] = workers
     done = subprocess.run(
         [sys.executable, "-c", CHILD, kind], env=env, capture_output=True, text=True, timeout=600
     )
@@ -70,6 +73,15 @@ def test_eager_compiles_before_the_first_call_and_shows_progress(tmp_path, kind)
     counts, err = _child(kind, cache_dir, "1")  # a warm cache: everything loads, nothing shown
     assert counts["eager"][0] == 0 and counts["eager"][1] > 0
     assert "compiling" not in err and "first run" not in err
+
+
+def test_compile_workers_fill_the_cache_before_the_first_call_and_show_progress(tmp_path):
+    """With workers (the default: one per CPU) this process only loads what they compiled."""
+    cache_dir = tmp_path / "cache"
+    counts, err = _child("train", cache_dir, "1", workers="2")
+    compiled, loaded = counts["eager"]
+    assert compiled == 0 and loaded >= 4 and counts["after"] == counts["eager"]
+    assert "compiling @sequential on 2 workers" in err and "kernels" in err
 
 
 def test_progress_is_off_unless_a_terminal_or_asked(monkeypatch):

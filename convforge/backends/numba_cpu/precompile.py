@@ -124,13 +124,35 @@ def is_cached(dispatcher: Any, sig: tuple) -> bool:
         return False
 
 
+def code_size(dispatcher: Any) -> int:
+    """Bytecode bytes of ``dispatcher``'s function and of every ``@njit`` function it calls,
+    transitively: Numba re-optimises a callee's code inside each caller, so this is what
+    its compile has to chew through (a rough order, used to start the longest jobs first)."""
+    seen: set[int] = set()
+    total = 0
+    todo = [dispatcher]
+    while todo:
+        d = todo.pop()
+        py_func = getattr(d, "py_func", None)
+        if py_func is None or id(py_func) in seen:
+            continue
+        seen.add(id(py_func))
+        code = py_func.__code__
+        total += len(code.co_code)
+        names = py_func.__globals__
+        todo += [names[n] for n in code.co_names if n in names and hasattr(names[n], "py_func")]
+    return total
+
+
 def pending(found: list[tuple[Any, tuple]], origins: dict[int, tuple[str, dict]]) -> list[Job]:
-    """The jobs for the recorded calls that are not compiled or cached yet.
+    """The jobs for the recorded calls that are not compiled or cached yet, the largest
+    first (:func:`code_size`: the workers then finish closer together).
 
     ``origins`` maps ``id(dispatcher)`` to its (label, origin); a call whose dispatcher has
     no origin, or whose types cannot be encoded, is left to the caller.
     """
     jobs: dict[str, Job] = {}
+    found = sorted(found, key=lambda call: -code_size(call[0]))
     for d, sig in found:
         if id(d) not in origins or is_cached(d, sig):
             continue
