@@ -40,9 +40,16 @@ def max_pool2d_argmax(x, kh, kw, sh, sw, ph, pw, dh, dw, y, am):
     one byte per output. Inference and training share this one kernel."""
     N, C, Ho, Wo = y.shape
     want_arg = am.shape[0] == N
+    inside = _windows_inside(x.shape[2], x.shape[3], Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
     for nc in prange(N * C):
         n = nc // C
         c = nc % C
+        if inside:  # the branch-free plane pass the fused conv kernels use
+            amo = am[n, c].reshape(-1) if want_arg else am.reshape(-1)
+            max_pool_inside(
+                x[n, c].reshape(-1), x.shape[3], kh, kw, sh, sw, Ho, Wo, y[n, c].reshape(-1), amo, want_arg
+            )
+            continue
         for oy in range(Ho):
             for ox in range(Wo):
                 best, arg = _max_window(x, n, c, oy, ox, kh, kw, sh, sw, ph, pw, dh, dw)
@@ -55,14 +62,35 @@ def max_pool2d_argmax(x, kh, kw, sh, sw, ph, pw, dh, dw, y, am):
 def max_pool2d_backward(gy, x, kh, kw, sh, sw, ph, pw, dh, dw, gx):
     """gy routed to each window's first maximum (recomputed from x)."""
     N, C, Ho, Wo = gy.shape
+    inside = _windows_inside(x.shape[2], x.shape[3], Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
     for nc in prange(N * C):
         n = nc // C
         c = nc % C
         gx[n, c] = 0
+        if inside:
+            max_pool_inside_backward(
+                x[n, c].reshape(-1),
+                x.shape[3],
+                kh,
+                kw,
+                sh,
+                sw,
+                Ho,
+                Wo,
+                gy[n, c].reshape(-1),
+                gx[n, c].reshape(-1),
+            )
+            continue
         for oy in range(Ho):
             for ox in range(Wo):
                 _, arg = _max_window(x, n, c, oy, ox, kh, kw, sh, sw, ph, pw, dh, dw)
                 _scatter_tap(gx, gy, n, c, oy, ox, arg, kw, sh, sw, ph, pw, dh, dw)
+
+
+@njit(cache=True)
+def _windows_inside(H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
+    """Whether every window lies inside the plane, undilated: no bounds check is needed."""
+    return ph == 0 and pw == 0 and dh == 1 and dw == 1 and (Ho - 1) * sh + kh <= H and (Wo - 1) * sw + kw <= W
 
 
 @njit(cache=True, parallel=True)
@@ -301,29 +329,47 @@ def max_pool_inside(ro, rw, pkh, pkw, psh, psw, hp, wp, yo, amo, want_arg):
         row = py * psh * rw
         out = py * wp
         for px in range(wp):
-            i = row + px * psw
-            if pkh == 2 and pkw == 2:
-                a0, a1 = ro[i], ro[i + 1]
-                b0, b1 = ro[i + rw], ro[i + rw + 1]
-                t0 = _pick(a1, a0)
-                t1 = _pick(b1, b0)
-                m0 = a1 if t0 else a0
-                m1 = b1 if t1 else b0
-                t = _pick(m1, m0)
-                best = m1 if t else m0
-                arg = (3 if t1 else 2) if t else (1 if t0 else 0)
-            else:
-                best = ro[i]
-                arg = 0
-                for a in range(pkh):
-                    for c in range(pkw):
-                        v = ro[i + a * rw + c]
-                        t = _pick(v, best)
-                        best = v if t else best
-                        arg = a * pkw + c if t else arg
+            best, arg = _inside_argmax(ro, row + px * psw, rw, pkh, pkw)
             yo[out + px] = best
             if want_arg:
                 amo[out + px] = arg
+
+
+@njit(cache=True)
+def max_pool_inside_backward(xo, rw, pkh, pkw, psh, psw, hp, wp, gyo, gxo):
+    """gxo += each window's gradient ``gyo`` at its first maximum of plane ``xo`` (row
+    pitch ``rw``), for windows inside the plane (as :func:`max_pool_inside`)."""
+    for py in range(hp):
+        row = py * psh * rw
+        out = py * wp
+        for px in range(wp):
+            i = row + px * psw
+            _, arg = _inside_argmax(xo, i, rw, pkh, pkw)
+            gxo[i + (arg // pkw) * rw + arg % pkw] += gyo[out + px]
+
+
+@njit(cache=True)
+def _inside_argmax(ro, i, rw, pkh, pkw):
+    """(max, first-maximum tap) of the window at flat index ``i`` of a plane with row pitch
+    ``rw``, in row-major scan order (NaN wins); 2x2 windows branch-free."""
+    if pkh == 2 and pkw == 2:
+        a0, a1 = ro[i], ro[i + 1]
+        b0, b1 = ro[i + rw], ro[i + rw + 1]
+        t0 = _pick(a1, a0)
+        t1 = _pick(b1, b0)
+        m0 = a1 if t0 else a0
+        m1 = b1 if t1 else b0
+        t = _pick(m1, m0)
+        return (m1 if t else m0), ((3 if t1 else 2) if t else (1 if t0 else 0))
+    best = ro[i]
+    arg = 0
+    for a in range(pkh):
+        for c in range(pkw):
+            v = ro[i + a * rw + c]
+            t = _pick(v, best)
+            best = v if t else best
+            arg = a * pkw + c if t else arg
+    return best, arg
 
 
 @njit(cache=True)
