@@ -58,6 +58,22 @@ def explain() -> None:
         )
 
 
+def kernel_bar(total: int, desc: str, initial: int = 0) -> Any:
+    """A tqdm bar on stderr counting kernels: ``desc: 3/11 kernels |###   | 00:04``."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="kernel",
+        file=sys.stderr,
+        leave=True,
+        dynamic_ncols=True,
+        bar_format="{desc}: {n_fmt}/{total_fmt} kernels |{bar}| {elapsed}{postfix}",
+    )
+
+
 @contextlib.contextmanager
 def compiling(what: str, dispatchers: Iterable[Any], explicit: bool | None = None) -> Iterator[Watcher]:
     """Show progress while the block compiles any of ``dispatchers`` (Numba functions).
@@ -130,19 +146,8 @@ class Watcher:
         self.depth += 1
         if self.bar is not None:
             return
-        from tqdm import tqdm
-
         explain()
-        self.bar = tqdm(
-            total=max(len(self.kernels), 1),
-            initial=self.ready(),
-            desc=f"compiling {self.what}",
-            unit="kernel",
-            file=sys.stderr,
-            leave=True,
-            dynamic_ncols=True,
-            bar_format="{desc}: {n_fmt}/{total_fmt} kernels |{bar}| {elapsed}{postfix}",
-        )
+        self.bar = kernel_bar(max(len(self.kernels), 1), f"compiling {self.what}", self.ready())
 
     def finished(self, dispatcher: Any) -> None:
         self.depth = max(self.depth - 1, 0)

@@ -239,11 +239,19 @@ class Background:
         self.started = time.perf_counter()
         self.folder = Path(tempfile.mkdtemp(prefix="convforge-compile-"))
         self.finished_at: float | None = None
-        payload = [{"label": j.label, "origin": j.origin, "signature": list(j.signature)} for j in self.jobs]
+        from convforge.backends import cache
+
+        payload = {
+            # a worker whose sources differ (an edit since this process started) would fill
+            # another stamp's folder: it stops instead, and this process compiles
+            "stamp": cache.sources_stamp(),
+            "jobs": [
+                {"label": j.label, "origin": j.origin, "signature": list(j.signature)} for j in self.jobs
+            ],
+        }
         (self.folder / "jobs.json").write_text(json.dumps(payload))
         count = worker_count(len(self.jobs)) if workers is None else workers
         env = dict(os.environ)
-        from convforge.backends import cache
 
         # workers write where this process reads: a private temporary cache included
         env["CONVFORGE_CACHE_DIR"] = str(cache.cache_dir())
@@ -329,8 +337,13 @@ def work(folder: str | os.PathLike) -> int:
     from convforge.backends.numba_cpu.runtime import configure_threads
 
     configure_threads()
+    from convforge.backends import cache
+
     root = Path(folder)
-    jobs = json.loads((root / "jobs.json").read_text())
+    payload = json.loads((root / "jobs.json").read_text())
+    if payload["stamp"] != cache.sources_stamp():
+        return 0
+    jobs = payload["jobs"]
     compiled = 0
     for i, job in enumerate(jobs):
         try:

@@ -17,7 +17,6 @@ someone else changed the state meanwhile, or when it would hold more than
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -127,21 +126,12 @@ class BackgroundBar:
     """``compiling @net on 2 workers: 12/31 kernels | 8.2 s``: the workers' progress on stderr."""
 
     def __init__(self, background: Background, what: str, waiting: bool):
-        from tqdm import tqdm
-
         progress.explain()
         workers = len(background.procs)
         mode = "" if waiting else ", running on the reference interpreter meanwhile"
         self.background = background
-        self.bar = tqdm(
-            total=len(background.jobs),
-            desc=f"compiling {what} on {workers} worker{'s' if workers != 1 else ''}{mode}",
-            unit="kernel",
-            file=sys.stderr,
-            leave=True,
-            dynamic_ncols=True,
-            bar_format="{desc}: {n_fmt}/{total_fmt} kernels |{bar}| {elapsed}",
-        )
+        desc = f"compiling {what} on {workers} worker{'s' if workers != 1 else ''}{mode}"
+        self.bar = progress.kernel_bar(len(background.jobs), desc)
 
     def update(self) -> None:
         done = self.background.progress()

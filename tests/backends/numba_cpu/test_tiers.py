@@ -165,19 +165,7 @@ def test_a_state_changed_by_the_caller_is_not_replayed_over(scripted_workers):
     tiered, _, on_tier = train(6, tiered=True, data=data, changes={2: lambda s: s.load_state_dict(loaded)})
     assert on_tier[2] and not on_tier[-1]
     # the same run without a tier: steps 0-1, the load, steps 2-5
-    model = small_net()
-    model.load_state_dict(INIT)
-    alone = cf.compile_train(
-        model,
-        (None, 1, 8, 8),
-        optimizer=cf.optim.SGD(lr=0.05, momentum=0.9),
-        backend="numba-cpu",
-        tiered=False,
-    )
-    for i in range(6):
-        if i == 2:
-            alone.load_state_dict(loaded)
-        alone(*data[i])
+    alone, _, _ = train(6, tiered=False, data=data, changes={2: lambda s: s.load_state_dict(loaded)})
     for key, value in alone.state_dict().items():
         np.testing.assert_allclose(tiered.state_dict()[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
 
@@ -232,3 +220,36 @@ def test_workers_fill_an_empty_cache_while_the_steps_run_on_the_tier(tmp_path):
     assert result["first_on_tier"] is True
     assert result["compiled"] == 0 and result["loaded"] >= precompile.MIN_JOBS, result
     assert not any(name.startswith("convforge-compile-") for name in os.listdir(tmp_path))
+
+
+def test_fused_batch_norm_and_dropout_regions_run_on_the_tier_and_replay_exactly(scripted_workers):
+    """The tier runs the numba-cpu training graph itself (conv + BN regions, dropout)."""
+
+    def net() -> nn.Module:
+        cf.manual_seed(5)
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.3),
+            nn.Flatten(),
+            nn.Linear(64, 10),
+        )
+
+    data = batches(5)
+
+    def run(tiered: bool):
+        step = cf.compile_train(net(), (None, 1, 8, 8), backend="numba-cpu", tiered=tiered)
+        on_tier = []
+        for x, y in data:
+            step(x, y)
+            on_tier.append(step.compiling)
+        return step, on_tier
+
+    alone, _ = run(False)
+    scripted_workers(polls=5)
+    tiered, on_tier = run(True)
+    assert on_tier[0] and not on_tier[-1]
+    for key, value in alone.state_dict().items():
+        np.testing.assert_array_equal(tiered.state_dict()[key], value, err_msg=key)
