@@ -158,8 +158,11 @@ class NumbaCpuExecutable(Executable):
         }
         if not origins or precompile.worker_count(precompile.MIN_JOBS) < 1:
             return
+        batch, arrays, views, _ = call_args
+        # the driver copies some outputs at its end: into fresh arrays, never the caller's
+        outs = [np.empty(v.type.concrete(batch), dtype=v.type.np_dtype) for v in self.graph.outputs]
         try:
-            found = precompile.signatures(self.program.run, kernels, call_args)
+            found = precompile.signatures(self.program.run, kernels, (batch, arrays, views, outs))
         except Exception:  # noqa: BLE001 - a driver the stand-ins cannot run compiles as it calls
             return
         jobs = precompile.pending(found, origins)
