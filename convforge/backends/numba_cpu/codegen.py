@@ -37,6 +37,13 @@ def load_generated(source: str, pattern: str) -> Any:
     return cache.load_module(text, prefix="kernel", flags=FLAGS)
 
 
+def load_keyed(key: Any, source: str, pattern: str) -> tuple[Any, str]:
+    """(module, text) of generated kernel ``source`` for IR ``pattern`` under cache ``key``:
+    the file a driver's kernel request (:meth:`Context.generated`) loads."""
+    text = f"# convforge numba-cpu kernel for IR pattern: {pattern}\n# key: {key!r}\n" + source
+    return cache.load_module(text, prefix="kernel", flags=FLAGS), text
+
+
 def local_name(value_name: str, is_input: bool) -> str:
     """The driver local of an IR value: ``%0.weight`` -> ``w_0_weight``, ``%7`` -> ``v7``,
     ``%3.argmax`` -> ``v3_argmax``, ``%x`` -> ``x``."""
@@ -99,8 +106,7 @@ class Context:
     def generated(self, key: Any, source: str, pattern: str) -> str:
         """The driver name of a kernel generated from ``source`` (implements IR ``pattern``)."""
         if key not in self._generated:
-            text = f"# convforge numba-cpu kernel for IR pattern: {pattern}\n# key: {key!r}\n" + source
-            module = cache.load_module(text, prefix="kernel", flags=FLAGS)
+            module, text = load_keyed(key, source, pattern)
             name = f"K{len(self.kernels)}"
             label = f"{pattern} [{module.__name__[-8:]}]"
             self._generated[key] = name

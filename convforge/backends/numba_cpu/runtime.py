@@ -99,7 +99,7 @@ class NumbaCpuExecutable(Executable):
         weights this way instead of copying new ones over them)."""
         batch, arrays, views, outs, kernels = self._call_args(inputs, out)
         if not self._planned_compile:
-            self._plan_compile((batch, arrays, views, outs), kernels)
+            self._plan_compile(batch, arrays, views, kernels)
         tier = self._tier
         if tier is not None:
             if tier.in_step or not tier.background.done():
@@ -148,7 +148,9 @@ class NumbaCpuExecutable(Executable):
         return self.program.source()
 
     # -- compiling on workers, and the fast tier meanwhile -----------------------------------
-    def _plan_compile(self, call_args: tuple, kernels: Sequence[Any]) -> None:
+    def _plan_compile(
+        self, batch: int, arrays: list[np.ndarray], views: list[np.ndarray], kernels: Sequence[Any]
+    ) -> None:
         """Before the first call: start worker processes compiling the kernels it would
         compile, when there are enough of them to pay for the workers' start
         (``precompile.MIN_JOBS``); then run on the fast tier (:attr:`tiered`) or wait."""
@@ -158,7 +160,6 @@ class NumbaCpuExecutable(Executable):
         }
         if not origins or precompile.worker_count(precompile.MIN_JOBS) < 1:
             return
-        batch, arrays, views, _ = call_args
         # the driver copies some outputs at its end: into fresh arrays, never the caller's
         outs = [np.empty(v.type.concrete(batch), dtype=v.type.np_dtype) for v in self.graph.outputs]
         try:
@@ -215,8 +216,8 @@ class NumbaCpuExecutable(Executable):
         alone would have made of it."""
         if not self._planned_compile:
             full = self.with_state(inputs, state)
-            batch, arrays, views, outs, kernels = self._call_args(full, None)
-            self._plan_compile((batch, arrays, views, outs), kernels)
+            batch, arrays, views, _, kernels = self._call_args(full, None)
+            self._plan_compile(batch, arrays, views, kernels)
         tier = self._tier
         if tier is not None and tier.background.done():
             self._end_tier()

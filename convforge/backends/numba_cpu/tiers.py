@@ -48,12 +48,10 @@ class Tier:
         self.log: list[dict[str, np.ndarray]] | None = []
         self.version: int | None = None
         self.bytes = 0
-        self.calls = 0
         self.bar = progress_bar(background, what, explicit)
 
     def run(self, inputs: Mapping[str, np.ndarray], out: Mapping[int, np.ndarray] | None) -> list[np.ndarray]:
         """One call on the reference interpreter (``out`` arrays written as the kernels would)."""
-        self.calls += 1
         if self.bar is not None:
             self.bar.update()
         began = time.perf_counter()

@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from convforge.backends.numba_cpu import tuning
-from convforge.backends.numba_cpu.codegen import load_generated
+from convforge.backends.numba_cpu.codegen import load_keyed
 from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.blas import copy_run, gemm
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
@@ -515,6 +515,12 @@ def forward_source(
     return header + body
 
 
+def forward_key(acts: list[tuple[str, dict]], has_bn: bool, pool: str, variant: str) -> tuple:
+    """The kernel-cache key of the fused forward kernel :func:`forward_source` makes
+    (``variant``: the algorithm, or ``im2col-channels`` for the channel split)."""
+    return ("conv", tuple((op, tuple(sorted(at.items()))) for op, at in acts), has_bn, pool, variant)
+
+
 # -- algorithm selection --------------------------------------------------------------------
 #: environment override of the cost model: ``auto`` (default), ``im2col``, or ``winograd``
 #: (applied where the convolution is eligible, im2col elsewhere)
@@ -590,10 +596,9 @@ def tuned_algorithm(conv: Node) -> tuple[str, str]:
     conv_args = (*geometry, ho, wo)
 
     def candidate(algorithm: str):
-        # the very kernel a plain convolution's driver would call (same key, same file)
-        key = ("conv", (), False, "none", algorithm)
-        source = f"# key: {key!r}\n" + forward_source([], False, "none", algorithm)
-        kernel = load_generated(source, conv.op).kernel
+        # the very kernel a plain convolution's driver calls (same key, same file)
+        source = forward_source([], False, "none", algorithm)
+        kernel = load_keyed(forward_key([], False, "none", algorithm), source, conv.op)[0].kernel
         return lambda: kernel(x, weights, b=bias, conv=conv_args, pool=pool, nt=threads, y=y, am=no_argmax)
 
     return tuning.choose(key, {name: candidate(name) for name in ("im2col", "winograd")}, threads)
@@ -655,13 +660,7 @@ def emit_forward(
     if pool is not None:
         pool_kind = "avg" if pool.op == "avg_pool2d" else "max"
     algorithm, why = conv_algorithm(conv, tune=bool(ctx.graph.meta.get("tune")))
-    key = (
-        "conv",
-        tuple((op, tuple(sorted(at.items()))) for op, at in acts),
-        bn is not None,
-        pool_kind,
-        algorithm,
-    )
+    key = forward_key(acts, bn is not None, pool_kind, algorithm)
     src = forward_source(acts, bn is not None, pool_kind, algorithm)
     # one file for max_pool2d and max_pool2d_argmax: the kernel writes the argmax when given a buffer
     pool_name = {"max_pool2d": "max_pool2d(+argmax)", "max_pool2d_argmax": "max_pool2d(+argmax)"}
@@ -698,7 +697,7 @@ def emit_forward(
         return
     # a batch smaller than the thread count would leave threads idle in the image split
     small = ctx.generated(
-        (*key[:-1], "im2col-channels"),
+        forward_key(acts, bn is not None, pool_kind, "im2col-channels"),
         forward_source(acts, bn is not None, pool_kind, "im2col", split="channels"),
         pattern + " [channel split]",
     )
