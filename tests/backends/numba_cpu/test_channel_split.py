@@ -1,5 +1,6 @@
-"""Fewer images than threads: the fused conv kernel splits the output channels instead of
-the batch (``kernels/conv.py``, ``split="channels"``); every epilogue agrees with the reference."""
+"""Fewer images than threads: the fused im2col conv kernel splits the output channels instead
+of the batch (``kernels/conv.py``, ``split="channels"``); every epilogue agrees with the
+reference. (The direct kernel's own split is tested in ``tests/backends/test_direct_conv.py``.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import pytest
 
 import convforge as cf
 from convforge import nn
+from convforge.backends.numba_cpu.kernels import conv as conv_kernels
+
+
+@pytest.fixture(autouse=True)
+def im2col(monkeypatch):
+    # these layers have 2-3 input channels, where the cost model would pick the direct kernel
+    monkeypatch.setenv(conv_kernels.ALGO_ENV, "im2col")
 
 
 def layers(kind: str) -> list[nn.Module]:

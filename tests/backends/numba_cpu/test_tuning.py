@@ -28,7 +28,8 @@ def log_name(monkeypatch):
 
 
 def wide_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 5))
+    # the first conv has three candidates, the strided 5x5 one only im2col
+    return nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 5, stride=2))
 
 
 def algorithm_lines(net) -> list[str]:
@@ -45,12 +46,14 @@ def test_tuned_layers_say_what_was_measured_and_reuse_the_log(log_name):
     want = cf.compile(model, (None, 16, 12, 12), backend="reference")(x)
     net = cf.compile(model, (None, 16, 12, 12), backend="numba-cpu", tune=True)
     first, second = algorithm_lines(net)
-    assert "tuned (measured" in first and "im2col" in first and "winograd" in first
+    assert "tuned (measured" in first and all(name in first for name in ("im2col", "winograd", "direct"))
     assert "5x5 kernel: winograd is for 3x3" in second  # one candidate: nothing to time
+    assert "direct needs stride 1" in second
     np.testing.assert_allclose(net(x), want, rtol=1e-4, atol=1e-4)
     log = json.loads(cache.read_record(log_name))
     (entry,) = log["entries"].values()
-    assert entry["algorithm"] in ("im2col", "winograd") and set(entry["ms"]) == {"im2col", "winograd"}
+    assert entry["algorithm"] in ("im2col", "winograd", "direct")
+    assert set(entry["ms"]) == {"im2col", "winograd", "direct"}
 
     tuning._LOGS.clear()  # a new process: the choice comes from the log
     again = cf.compile(model, (None, 16, 12, 12), backend="numba-cpu", tune=True)
@@ -86,10 +89,10 @@ def test_a_damaged_log_is_measured_again(log_name, content):
 @pytest.mark.parametrize(
     "entry",
     [
-        {"algorithm": "direct", "ms": {"im2col": 1.0, "winograd": 2.0}},
-        {"algorithm": "winograd", "ms": {"winograd": 1.0}},
-        {"algorithm": "winograd", "ms": {"im2col": "fast", "winograd": 1.0}},
-        {"algorithm": "winograd", "ms": {"im2col": float("nan"), "winograd": 1.0}},
+        {"algorithm": "fft", "ms": {"im2col": 1.0, "winograd": 2.0, "direct": 3.0}},
+        {"algorithm": "winograd", "ms": {"winograd": 1.0, "direct": 2.0}},
+        {"algorithm": "winograd", "ms": {"im2col": "fast", "winograd": 1.0, "direct": 2.0}},
+        {"algorithm": "winograd", "ms": {"im2col": float("nan"), "winograd": 1.0, "direct": 2.0}},
     ],
     ids=["unknown-algorithm", "missing-candidate", "not-a-number", "nan"],
 )
@@ -108,7 +111,7 @@ def test_an_invalid_entry_is_measured_again(log_name, entry):
 
 def test_a_planted_log_is_never_read(log_name):
     """A log the cache manifest does not vouch for is deleted, not believed."""
-    entry = {"algorithm": "winograd", "ms": {"im2col": 9.0, "winograd": 0.0}}
+    entry = {"algorithm": "winograd", "ms": {"im2col": 9.0, "winograd": 0.0, "direct": 9.0}}
     path = cache.cache_dir() / log_name
     path.write_text(json.dumps({"format": tuning.FORMAT, "entries": {"any": entry}}))
     with warnings.catch_warnings(record=True) as caught:

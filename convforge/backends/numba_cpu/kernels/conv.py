@@ -33,6 +33,7 @@ from convforge.backends.numba_cpu import tuning
 from convforge.backends.numba_cpu.codegen import load_keyed
 from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.blas import copy_run, gemm
+from convforge.backends.numba_cpu.kernels.direct import MAX_WIDTH, micro_kernels_source
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
 from convforge.backends.numba_cpu.kernels.pool import scatter_pooled_grad, window
 from convforge.backends.numba_cpu.kernels.winograd import tile_counts
@@ -426,6 +427,28 @@ _WINOGRAD_LOOP = """\
             store(r, wo, n, 0, O, b, bn_s, bn_t, ho, wo,
                   pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
 
+# images split over the threads; with fewer images than threads the output channels of
+# each image are split too (blocks of whole micro-kernels), each task padding its image
+_DIRECT_LOOP = """\
+    check_width(w)
+    per_image = 1 if N >= nt else (nt + N - 1) // N
+    blocks, per = channel_blocks(O, per_image)
+    tasks = N * blocks
+    chunks = max(1, min(tasks, nt))
+    for t in prange(chunks):
+        xp, r, rw = direct_buffers(x.shape[1], O, kh, kw, dh, dw, ho, wo, x)
+        last = -1
+        for task in range(t, tasks, chunks):
+            n = task // blocks
+            o0 = (task % blocks) * per
+            o1 = min(O, o0 + per)
+            if n != last:
+                pad_image(x, n, ph, pw, xp)
+                last = n
+            direct_rows(xp, w, o0, o1, kh, dh, dw, ho, r)
+            store(r, rw, n, o0, o1, b, bn_s, bn_t, ho, wo,
+                  pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
+
 # fewer images than threads (batch 1): each image's columns are built once, then the
 # threads split the output channels of its GEMM and epilogue (groups == 1 only)
 _CHANNEL_SPLIT_LOOP = """\
@@ -475,12 +498,18 @@ _STORE_AVG = """\
 
 
 def forward_source(
-    acts: list[tuple[str, dict]], has_bn: bool, pool: str, algorithm: str = "im2col", split: str = "images"
+    acts: list[tuple[str, dict]],
+    has_bn: bool,
+    pool: str,
+    algorithm: str = "im2col",
+    split: str = "images",
+    kw: int = 0,
 ) -> str:
     """Source of the fused conv kernel for one epilogue: ``pool`` is none|max|avg,
-    ``algorithm`` im2col|winograd (see :func:`conv_algorithm`); ``split`` says what the
-    threads share out: ``images`` (a chunk of the batch each) or ``channels`` (im2col, one
-    image at a time, each thread a block of output channels: for fewer images than threads).
+    ``algorithm`` im2col|winograd|direct (see :func:`conv_algorithm`; ``direct`` is written
+    out for the kernel width ``kw``); ``split`` says what the im2col threads share out:
+    ``images`` (a chunk of the batch each) or ``channels`` (one image at a time, each thread
+    a block of output channels: for fewer images than threads; the direct kernel does both).
 
     The max-pool variant writes the argmax only when ``am`` is a real buffer (training), so
     inference and training share one compiled kernel.
@@ -497,16 +526,21 @@ def forward_source(
         bn_param, bn_setup = "bn, ", "    bn_s, bn_t = bn_scale_shift(*bn, True)"
     else:
         bn_param, bn_setup = "", "    bn_s = bn_t = np.empty(0, dtype=y.dtype)"
-    if split == "channels":
+    micro = ""
+    if algorithm == "direct":
+        loop = _DIRECT_LOOP
+        micro = micro_kernels_source(kw) + "\n\n"
+    elif split == "channels":
         loop = _CHANNEL_SPLIT_LOOP
     else:
         loop = _WINOGRAD_LOOP if algorithm == "winograd" else _IM2COL_LOOP
-    body = _FORWARD.format(store=store, bn_param=bn_param, bn_setup=bn_setup, conv_loop=loop)
+    body = micro + _FORWARD.format(store=store, bn_param=bn_param, bn_setup=bn_setup, conv_loop=loop)
     header = (
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
         "from convforge.backends.numba_cpu.kernels.blas import gemm\n"
         "from convforge.backends.numba_cpu.kernels.conv import (\n"
         "    conv_gemm_image, image_columns, pad_image, scratch_buffers,\n)\n"
+        "from convforge.backends.numba_cpu.kernels.direct import channel_blocks, direct_buffers\n"
         "from convforge.backends.numba_cpu.kernels.winograd import (\n"
         "    transformed_weights, weight_transform_rows, winograd_buffers, winograd_tiles,\n)\n"
         "from convforge.backends.numba_cpu.kernels.norm import bn_scale_shift\n"
@@ -517,15 +551,16 @@ def forward_source(
 
 def forward_key(acts: list[tuple[str, dict]], has_bn: bool, pool: str, variant: str) -> tuple:
     """The kernel-cache key of the fused forward kernel :func:`forward_source` makes
-    (``variant``: the algorithm, or ``im2col-channels`` for the channel split)."""
+    (``variant``: the algorithm, ``im2col-channels`` for the channel split, or
+    ``direct-k<kw>`` for the direct kernel of width kw)."""
     return ("conv", tuple((op, tuple(sorted(at.items()))) for op, at in acts), has_bn, pool, variant)
 
 
 # -- algorithm selection --------------------------------------------------------------------
-#: environment override of the cost model: ``auto`` (default), ``im2col``, or ``winograd``
-#: (applied where the convolution is eligible, im2col elsewhere)
+#: environment override of the cost model: ``auto`` (default), ``im2col``, ``winograd`` or
+#: ``direct`` (applied where the convolution is eligible, im2col elsewhere)
 ALGO_ENV = "CONVFORGE_CONV_ALGO"
-ALGORITHMS = ("auto", "im2col", "winograd")
+ALGORITHMS = ("auto", "im2col", "winograd", "direct")
 #: the cost model's Winograd thresholds, from single-thread per-image timings (docs/performance.md):
 #: with few channels the transforms (about 32 adds per input tile and channel, 24 per output
 #: tile) outweigh the 2.25x fewer multiplications (3 -> 32 at 32x32: 3x slower), and the 16
@@ -533,17 +568,30 @@ ALGORITHMS = ("auto", "im2col", "winograd")
 #: (16 -> 16 at 32x32: 1.5x, 128 -> 128 at 4x4: 2.3x) and lost below (16 -> 16 at 8x8: 0.6x)
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_MACS = 65536
+#: the cost model's direct-convolution thresholds (batch 64, 2 threads, docs/performance.md):
+#: up to 8 input channels the im2col GEMM is thin (1 -> 6 5x5: direct 0.12 ms, im2col 0.42;
+#: 3 -> 32 3x3 at 32x32: 0.66 and 1.33; 6 -> 16 5x5 at 14x14: 0.44 and 0.61), and a 3x3
+#: kernel on a plane of 32x32 outputs keeps the micro-kernel's loops long (32 -> 32: direct
+#: 4.4 ms, Winograd 8.1, im2col 10.4); on smaller planes Winograd and BLAS win (64 -> 64 at
+#: 16x16: direct 5.6, Winograd 5.5; 128 -> 128 at 8x8: 10.6 and 7.6; 32 -> 64 5x5 at 14x14:
+#: direct 11.0, im2col 10.2)
+DIRECT_MAX_CHANNELS = 8
+DIRECT_MIN_PLANE = 1024
 
 
 def conv_algorithm(conv: Node, tune: bool = False) -> tuple[str, str]:
-    """(algorithm, why) for a forward convolution node: ``im2col`` or ``winograd`` (F(2x2, 3x3)).
+    """(algorithm, why) for a forward convolution node: ``im2col``, ``winograd`` (F(2x2, 3x3))
+    or ``direct`` (``kernels/direct.py``).
 
     Winograd takes 3x3 conv2d with stride 1, dilation 1 and groups 1; the cost model picks
     it when input and output channels are both at least ``WINOGRAD_MIN_CHANNELS`` and each
     of its 16 GEMMs per image has at least ``WINOGRAD_MIN_MACS`` multiply-adds (O * C * 2x2
-    output tiles). With ``tune`` both are timed at the layer's geometry instead (once per
-    geometry, CPU and thread count: the tuning log, ``numba_cpu/tuning.py``).
-    ``$CONVFORGE_CONV_ALGO`` overrides both.
+    output tiles). Direct takes stride 1, groups 1 and kernels up to ``direct.MAX_WIDTH``
+    wide; the cost model picks it for at most ``DIRECT_MAX_CHANNELS`` input channels, and
+    for 3x3 kernels on planes of at least ``DIRECT_MIN_PLANE`` outputs. With ``tune`` every
+    eligible algorithm is timed at the layer's geometry instead (once per geometry, CPU and
+    thread count: the tuning log, ``numba_cpu/tuning.py``). ``$CONVFORGE_CONV_ALGO``
+    overrides both.
     """
     choice = os.environ.get(ALGO_ENV, "auto").strip().lower() or "auto"
     if choice not in ALGORITHMS:
@@ -553,15 +601,28 @@ def conv_algorithm(conv: Node, tune: bool = False) -> tuple[str, str]:
         )
     if choice == "im2col":
         return "im2col", f"{ALGO_ENV}=im2col"
-    blocker = _winograd_blocker(conv)
-    if blocker:
-        return "im2col", blocker + (f" ({ALGO_ENV}=winograd does not apply)" if choice == "winograd" else "")
-    if choice == "winograd":
-        return "winograd", f"{ALGO_ENV}=winograd"
+    blockers = {"winograd": _winograd_blocker(conv), "direct": _direct_blocker(conv)}
+    if choice != "auto":
+        if blockers[choice]:
+            return "im2col", f"{blockers[choice]} ({ALGO_ENV}={choice} does not apply)"
+        return choice, f"{ALGO_ENV}={choice}"
+    candidates = ("im2col", *(name for name, blocker in blockers.items() if not blocker))
+    if len(candidates) == 1:
+        return "im2col", "; ".join(blockers.values())
     if tune:
-        return tuned_algorithm(conv)
-    o, c = conv.inputs[1].shape[:2]
-    th, tw = tile_counts(*conv.outputs[0].shape[2:])
+        return tuned_algorithm(conv, candidates)
+    o, c, *kernel = conv.inputs[1].shape
+    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
+    ho, wo = _plane(conv)
+    if "direct" in candidates:
+        if c <= DIRECT_MAX_CHANNELS:
+            channels = f"{c} input channel{'s' if c > 1 else ''}"
+            return "direct", f"{channels}: im2col's GEMM would be thin (K = {c * kh * kw})"
+        if (kh, kw) == (3, 3) and ho * wo >= DIRECT_MIN_PLANE:
+            return "direct", f"3x3 on a {ho}x{wo} plane: at least {DIRECT_MIN_PLANE} outputs for direct"
+    if "winograd" not in candidates:
+        return "im2col", f"{c} -> {o} channels, {kh}x{kw} on {ho}x{wo}: im2col by the cost model"
+    th, tw = tile_counts(ho, wo)
     if min(c, o) < WINOGRAD_MIN_CHANNELS:
         return "im2col", f"{c} -> {o} channels: fewer than {WINOGRAD_MIN_CHANNELS} for winograd"
     if o * c * th * tw < WINOGRAD_MIN_MACS:
@@ -572,17 +633,30 @@ def conv_algorithm(conv: Node, tune: bool = False) -> tuple[str, str]:
     return "winograd", f"3x3 stride 1, {c} -> {o} channels, {th}x{tw} tiles: 2.25x fewer multiplications"
 
 
+def _plane(conv: Node) -> tuple[int, int]:
+    """(ho, wo) of a conv2d or conv1d node's output (a conv1d is one row)."""
+    shape = conv.outputs[0].shape
+    return (1, shape[2]) if len(shape) == 3 else (shape[2], shape[3])
+
+
+def forward_variant(algorithm: str, kw: int) -> str:
+    """The :func:`forward_key` variant of a forward kernel for ``algorithm`` (the direct
+    kernel is written out per kernel width)."""
+    return f"direct-k{kw}" if algorithm == "direct" else algorithm
+
+
 #: the batch a convolution is timed at when tuned (its graph's batch is not known yet)
 TUNE_BATCH = 16
 
 
-def tuned_algorithm(conv: Node) -> tuple[str, str]:
-    """(algorithm, why) for a Winograd-eligible convolution, by timing both algorithms'
-    plain forward kernels (no epilogue) at the node's geometry and ``TUNE_BATCH`` images."""
+def tuned_algorithm(conv: Node, candidates: tuple[str, ...] = ("im2col", "winograd")) -> tuple[str, str]:
+    """(algorithm, why) for a convolution, by timing the plain forward kernels (no
+    epilogue) of each of ``candidates`` at the node's geometry and ``TUNE_BATCH`` images."""
     x_t, w_t = conv.inputs[0].type, conv.inputs[1].type
-    o, c, kh, kw = w_t.shape
-    h, w = x_t.shape[2:]
-    ho, wo = conv.outputs[0].shape[2:]
+    o, c, *kernel = w_t.shape
+    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
+    h, w = (1, x_t.shape[2]) if x_t.rank == 3 else x_t.shape[2:]
+    ho, wo = _plane(conv)
     geometry = conv_params(conv)
     threads = numba.get_num_threads()
     key = f"{conv.op} {w_t.dtype} x[{TUNE_BATCH},{c},{h},{w}] w[{o},{c},{kh},{kw}] params{list(geometry)}"
@@ -597,11 +671,12 @@ def tuned_algorithm(conv: Node) -> tuple[str, str]:
 
     def candidate(algorithm: str):
         # the very kernel a plain convolution's driver calls (same key, same file)
-        source = forward_source([], False, "none", algorithm)
-        kernel = load_keyed(forward_key([], False, "none", algorithm), source, conv.op)[0].kernel
+        source = forward_source([], False, "none", algorithm, kw=kw)
+        key = forward_key([], False, "none", forward_variant(algorithm, kw))
+        kernel = load_keyed(key, source, conv.op)[0].kernel
         return lambda: kernel(x, weights, b=bias, conv=conv_args, pool=pool, nt=threads, y=y, am=no_argmax)
 
-    return tuning.choose(key, {name: candidate(name) for name in ("im2col", "winograd")}, threads)
+    return tuning.choose(key, {name: candidate(name) for name in candidates}, threads)
 
 
 def _winograd_blocker(conv: Node) -> str:
@@ -615,6 +690,17 @@ def _winograd_blocker(conv: Node) -> str:
     if tuple(a["stride"]) != (1, 1) or tuple(a["dilation"]) != (1, 1) or a["groups"] != 1:
         geometry = f"stride {list(a['stride'])}, dilation {list(a['dilation'])}, groups {a['groups']}"
         return f"{geometry}: winograd needs 1, 1, 1"
+    return ""
+
+
+def _direct_blocker(conv: Node) -> str:
+    """Why the direct micro-kernels cannot run ``conv`` ('' when they can)."""
+    sh, sw, _ph, _pw, _dh, _dw, groups = conv_params(conv)
+    kw = conv.inputs[1].shape[-1]
+    if (sh, sw) != (1, 1) or groups != 1:
+        return f"stride {list(conv.attrs['stride'])}, groups {groups}: direct needs stride 1, groups 1"
+    if kw > MAX_WIDTH:
+        return f"kernel width {kw}: direct is written out up to {MAX_WIDTH}"
     return ""
 
 
@@ -660,8 +746,9 @@ def emit_forward(
     if pool is not None:
         pool_kind = "avg" if pool.op == "avg_pool2d" else "max"
     algorithm, why = conv_algorithm(conv, tune=bool(ctx.graph.meta.get("tune")))
-    key = forward_key(acts, bn is not None, pool_kind, algorithm)
-    src = forward_source(acts, bn is not None, pool_kind, algorithm)
+    kw = conv.inputs[1].shape[-1]
+    key = forward_key(acts, bn is not None, pool_kind, forward_variant(algorithm, kw))
+    src = forward_source(acts, bn is not None, pool_kind, algorithm, kw=kw)
     # one file for max_pool2d and max_pool2d_argmax: the kernel writes the argmax when given a buffer
     pool_name = {"max_pool2d": "max_pool2d(+argmax)", "max_pool2d_argmax": "max_pool2d(+argmax)"}
     pattern = " -> ".join(
@@ -691,7 +778,9 @@ def emit_forward(
         f"({x4}, {w4}, b={bias}, {bn_arg}conv=({sh}, {sw}, {ph}, {pw}, {dh}, {dw}, {groups}, {ho}, {wo}), "
         f"pool={pool_geometry}, nt=T, y={y3}, am={am3})"
     )
-    if groups != 1:
+    if groups != 1 or algorithm == "direct":
+        if algorithm == "direct":
+            why += "; below one image per thread the channels split too"
         ctx.line(f"# conv algorithm: {algorithm} ({why})")
         ctx.line(k + args)
         return
