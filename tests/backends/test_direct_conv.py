@@ -144,3 +144,16 @@ def test_micro_kernel_refuses_another_width(use_direct):
     with pytest.raises(ValueError, match="another kernel width"):
         kernel(x, w, b=np.zeros(4, np.float32), conv=(1, 1, 1, 1, 1, 1, 1, 6, 6),
                pool=(1, 1, 1, 1, 0, 0, 6, 6), nt=1, y=y, am=np.zeros((0, 0, 0), np.uint8))  # fmt: skip
+
+
+@pytest.mark.parametrize(("batch", "out_channels"), [(0, 4), (1, 0), (0, 0)])
+def test_empty_batch_or_channels_run(batch, out_channels):
+    """No images or no output channels: nothing to split, nothing divided by zero."""
+    source = conv_kernels.forward_source([], False, "none", "direct", kw=3)
+    kernel = load_keyed(conv_kernels.forward_key([], False, "none", "direct-k3"), source, "conv2d")[0].kernel
+    x = np.ones((batch, 2, 5, 5), np.float32)
+    w = np.ones((out_channels, 2, 3, 3), np.float32)
+    y = np.empty((batch, out_channels, 25), np.float32)
+    kernel(x, w, b=np.zeros(out_channels, np.float32), conv=(1, 1, 1, 1, 1, 1, 1, 5, 5),
+           pool=(1, 1, 1, 1, 0, 0, 5, 5), nt=2, y=y, am=np.zeros((0, 0, 0), np.uint8))  # fmt: skip
+    assert y.shape == (batch, out_channels, 25)

@@ -2,7 +2,7 @@
 
 cuDNN's benchmark mode and TVM's tuning logs, on a small scale: when a graph is compiled
 with ``tune=True`` every layer that has more than one algorithm (``kernels/conv.py``:
-im2col or Winograd for a forward 3x3 convolution) is timed once per candidate, at its own
+im2col, Winograd or direct for a forward convolution) is timed once per candidate, at its own
 geometry, and the fastest is recorded in a *tuning log*. The log is one JSON record per
 (kernel sources and CPU, that is the kernel cache's stamp; threads) in the kernel cache
 folder (``cache.read_record`` / ``write_record``): verified against the cache manifest

@@ -431,7 +431,7 @@ _WINOGRAD_LOOP = """\
 # each image are split too (blocks of whole micro-kernels), each task padding its image
 _DIRECT_LOOP = """\
     check_width(w)
-    per_image = 1 if N >= nt else (nt + N - 1) // N
+    per_image = 1 if N >= nt or N == 0 else (nt + N - 1) // N
     blocks, per = channel_blocks(O, per_image)
     tasks = N * blocks
     chunks = max(1, min(tasks, nt))

@@ -45,7 +45,7 @@ def channel_blocks(O, tasks_per_image):
     """(blocks, channels per block) splitting O output channels into ``tasks_per_image``
     blocks, each a multiple of :data:`BLOCK` channels but the last."""
     per = (O + tasks_per_image - 1) // tasks_per_image
-    per = (per + BLOCK - 1) // BLOCK * BLOCK
+    per = max(BLOCK, (per + BLOCK - 1) // BLOCK * BLOCK)  # O = 0: no blocks, no division by 0
     return (O + per - 1) // per, per
 
 
