@@ -14,8 +14,7 @@ from convforge.backends.numba_cpu.kernels import conv as conv_kernels
 from convforge.errors import BackendError
 from convforge.frontend.compile import trace_model
 from convforge.ir.types import TensorType
-from convforge.testing.agree import compare_arrays
-from convforge.testing.tolerances import tolerance
+from tests.conv_algorithms import assert_agree, assert_matches_reference_f64_and_torch_f32
 from tests.torch_bridge import assert_gradients_match_torch, to_torch
 
 # (batch, in channels, out channels, H, W, padding): odd H/W leave ragged 2x2 tiles
@@ -39,27 +38,12 @@ def _model(c: int, o: int, padding: int, seed: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(c, o, 3, padding=padding))
 
 
-def _assert_agree(got, expected, dtype: str, *backends: str) -> None:
-    mismatch = compare_arrays(got, expected, tolerance(dtype, *backends))
-    assert mismatch is None, mismatch.describe("numba-cpu winograd", backends[-1])
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_reference_f64_and_torch_f32(winograd, shape):
     n, c, o, h, w, padding = shape
     model = _model(c, o, padding, seed=sum(shape))
     x = np.random.default_rng(0).standard_normal((n, c, h, w))
-    for dtype in ("float64", "float32"):
-        net = cf.compile(model, (None, c, h, w), backend="numba-cpu", dtype=dtype)
-        assert "# conv algorithm: winograd" in net.source()
-        got = net(x.astype(dtype))
-        if dtype == "float64":
-            expected = cf.compile(model, (None, c, h, w), backend="reference", dtype=dtype)(x)
-            _assert_agree(got, expected, "f64", "reference", "numba-cpu")
-        else:
-            with torch.no_grad():
-                expected = to_torch(model)(torch.from_numpy(x.astype(np.float32))).numpy()
-            _assert_agree(got, expected, "f32", "numba-cpu", "torch")
+    assert_matches_reference_f64_and_torch_f32(model, x, "winograd")
 
 
 def test_fused_epilogue_bn_relu_pool_batch_1(winograd):
@@ -75,7 +59,7 @@ def test_fused_epilogue_bn_relu_pool_batch_1(winograd):
     twin = to_torch(model).eval()
     with torch.no_grad():
         expected = twin(torch.from_numpy(x)).numpy()
-    _assert_agree(net(x), expected, "f32", "numba-cpu", "torch")
+    assert_agree(net(x), expected, "f32", "winograd", "numba-cpu", "torch")
 
 
 def test_training_forward_gradients_match_torch(winograd):
