@@ -182,6 +182,16 @@ def scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, like):
 
 
 @njit(cache=True)
+def direct_buffers(C, O, kh, kw, dh, dw, ho, wo, like):
+    """Per-chunk scratch of the direct kernel (``kernels/direct.py``): (padded image
+    [C, Hp, Wp], output rows [O, ho*Wp], row pitch Wp) in the stride-1 wide layout."""
+    Hp, Wp = wide_pitch(ho, wo, kh, kw, dh, dw)
+    xp = np.empty((C, Hp, Wp), dtype=like.dtype)
+    r = np.empty((O, ho * Wp), dtype=like.dtype)
+    return xp, r, Wp
+
+
+@njit(cache=True)
 def group_columns(x, n, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, xp, col):
     """col = im2col of channels [c0, c0 + cg) of image n: slices of the padded image ``xp``
     in the stride-1 wide layout, a gather from ``x`` otherwise."""
@@ -539,8 +549,8 @@ def forward_source(
         "import math\n\nimport numpy as np\nfrom numba import njit, prange\n\n"
         "from convforge.backends.numba_cpu.kernels.blas import gemm\n"
         "from convforge.backends.numba_cpu.kernels.conv import (\n"
-        "    conv_gemm_image, image_columns, pad_image, scratch_buffers,\n)\n"
-        "from convforge.backends.numba_cpu.kernels.direct import channel_blocks, direct_buffers\n"
+        "    conv_gemm_image, direct_buffers, image_columns, pad_image, scratch_buffers,\n)\n"
+        "from convforge.backends.numba_cpu.kernels.direct import channel_blocks\n"
         "from convforge.backends.numba_cpu.kernels.winograd import (\n"
         "    transformed_weights, weight_transform_rows, winograd_buffers, winograd_tiles,\n)\n"
         "from convforge.backends.numba_cpu.kernels.norm import bn_scale_shift\n"
@@ -611,8 +621,8 @@ def conv_algorithm(conv: Node, tune: bool = False) -> tuple[str, str]:
         return "im2col", "; ".join(blockers.values())
     if tune:
         return tuned_algorithm(conv, candidates)
-    o, c, *kernel = conv.inputs[1].shape
-    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
+    o, c = conv.inputs[1].shape[:2]
+    kh, kw = _kernel_size(conv)
     ho, wo = _plane(conv)
     if "direct" in candidates:
         if c <= DIRECT_MAX_CHANNELS:
@@ -633,6 +643,12 @@ def conv_algorithm(conv: Node, tune: bool = False) -> tuple[str, str]:
     return "winograd", f"3x3 stride 1, {c} -> {o} channels, {th}x{tw} tiles: 2.25x fewer multiplications"
 
 
+def _kernel_size(conv: Node) -> tuple[int, int]:
+    """(kh, kw) of a conv2d or conv1d node's weight (a conv1d kernel is one row)."""
+    kernel = conv.inputs[1].shape[2:]
+    return (1, kernel[0]) if len(kernel) == 1 else (kernel[0], kernel[1])
+
+
 def _plane(conv: Node) -> tuple[int, int]:
     """(ho, wo) of a conv2d or conv1d node's output (a conv1d is one row)."""
     shape = conv.outputs[0].shape
@@ -649,12 +665,12 @@ def forward_variant(algorithm: str, kw: int) -> str:
 TUNE_BATCH = 16
 
 
-def tuned_algorithm(conv: Node, candidates: tuple[str, ...] = ("im2col", "winograd")) -> tuple[str, str]:
+def tuned_algorithm(conv: Node, candidates: tuple[str, ...]) -> tuple[str, str]:
     """(algorithm, why) for a convolution, by timing the plain forward kernels (no
     epilogue) of each of ``candidates`` at the node's geometry and ``TUNE_BATCH`` images."""
     x_t, w_t = conv.inputs[0].type, conv.inputs[1].type
-    o, c, *kernel = w_t.shape
-    kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
+    o, c = w_t.shape[:2]
+    kh, kw = _kernel_size(conv)
     h, w = (1, x_t.shape[2]) if x_t.rank == 3 else x_t.shape[2:]
     ho, wo = _plane(conv)
     geometry = conv_params(conv)
@@ -760,7 +776,7 @@ def emit_forward(
     x4 = as4d(ctx, xin, x)
     w4 = as4d(ctx, win, w)
     cout = conv.outputs[0].type
-    ho, wo = (1, cout.shape[2]) if cout.rank == 3 else (cout.shape[2], cout.shape[3])
+    ho, wo = _plane(conv)
     sh, sw, ph, pw, dh, dw, groups = conv_params(conv)
     if pool is not None:
         pt = pool.outputs[0].type

@@ -21,23 +21,12 @@ Block width 4 measured best (8 spills registers: 32 -> 32 channels at 32x32, bat
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 #: output channels a micro-kernel accumulates at once
 BLOCK = 4
 #: the widest kernel the micro-kernels are written out for (BLOCK * kw weights in registers)
 MAX_WIDTH = 7
-
-
-@njit(cache=True)
-def direct_buffers(C, O, kh, kw, dh, dw, ho, wo, like):
-    """Per-chunk scratch: (padded image [C, Hp, Wp], output rows [O, ho*Wp], row pitch Wp)."""
-    Hp = ho + (kh - 1) * dh + 1
-    Wp = wo + (kw - 1) * dw
-    xp = np.empty((C, Hp, Wp), dtype=like.dtype)
-    r = np.empty((O, ho * Wp), dtype=like.dtype)
-    return xp, r, Wp
 
 
 @njit(cache=True)
