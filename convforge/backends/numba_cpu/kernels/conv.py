@@ -39,8 +39,9 @@ from convforge.backends.numba_cpu.kernels.pool import scatter_pooled_grad, windo
 from convforge.backends.numba_cpu.kernels.winograd import tile_counts
 from convforge.errors import BackendError
 from convforge.ir import scalar
-from convforge.ir.graph import Node
+from convforge.ir.graph import Node, Value
 from convforge.ir.ops.conv import pad_pairs
+from convforge.ir.types import TensorType
 
 
 @njit(cache=True)
@@ -304,6 +305,50 @@ def backward_weight_chunk(x, gy, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, 
             weight_grad_image(x, n, gyw, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
         else:
             weight_grad_image(x, n, gy[n], groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
+
+
+# -- the input gradient of a stride-1 convolution as a forward convolution -------------------
+# gx[c, y, x] = sum_{o,i,j} w[o, c, i, j] * gy[o, y + ph - i*dh, x + pw - j*dw]: with gy zero
+# padded by (k-1)*d - p per side and w flipped with its channel axes swapped, that is the
+# forward correlation, so the forward algorithms (direct micro-kernels, Winograd) run it.
+
+
+@njit(cache=True)
+def flip_transpose(w, wf):
+    """wf[c, o, i, j] = w[o, c, kh-1-i, kw-1-j]: the weights of the input gradient's conv."""
+    O, C, kh, kw = w.shape
+    for c in range(C):
+        for o in range(O):
+            for i in range(kh):
+                for j in range(kw):
+                    wf[c, o, i, j] = w[o, c, kh - 1 - i, kw - 1 - j]
+
+
+@njit(cache=True)
+def flipped_weights(w):
+    """A new [C, O, kh, kw] array: :func:`flip_transpose` of ``w``."""
+    wf = np.empty((w.shape[1], w.shape[0], w.shape[2], w.shape[3]), dtype=w.dtype)
+    flip_transpose(w, wf)
+    return wf
+
+
+@njit(cache=True)
+def place_rows(gz, rw, ho, wo, pt, pl, gp):
+    """gp[o, pt + oy, pl + ox] = gz[o, oy*rw + ox] in zeros: one image's output gradient
+    (rows of pitch rw) as the padded input of its input gradient's conv."""
+    gp[:] = 0
+    for o in range(gz.shape[0]):
+        for oy in range(ho):
+            copy_run(gp[o, pt + oy], pl, gz[o], oy * rw, wo)
+
+
+@njit(cache=True)
+def store_image(r, rw, n, gx):
+    """gx[n, c, y, :] = r[c, y*rw : y*rw + W]: conv output rows of pitch rw into image n."""
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    for c in range(C):
+        for y in range(H):
+            copy_run(gx[n, c, y], 0, r[c], y * rw, W)
 
 
 # The weight gradient is accumulated transposed, ``im2col(x) @ gy^T`` ([K, O]): the same
@@ -587,9 +632,13 @@ WINOGRAD_MIN_MACS = 65536
 #: direct 11.0, im2col 10.2)
 DIRECT_MAX_CHANNELS = 8
 DIRECT_MIN_PLANE = 1024
+#: the weight gradient's Winograd GEMMs contract over the tiles of a plane: from 8x8 tiles
+#: (16x16 outputs) on they won (batch 64, the fused batch-norm backward: 64 -> 64 at 16x16,
+#: 18.2 against 19.4 ms), at 4x4 tiles they lost (64 -> 128 at 8x8: 13.3 against 12.4)
+WINOGRAD_WEIGHT_MIN_TILES = 64
 
 
-def conv_algorithm(conv: Node, tune: bool = False) -> tuple[str, str]:
+def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tuple[str, str]:
     """(algorithm, why) for a forward convolution node: ``im2col``, ``winograd`` (F(2x2, 3x3))
     or ``direct`` (``kernels/direct.py``).
 
@@ -598,7 +647,10 @@ def conv_algorithm(conv: Node, tune: bool = False) -> tuple[str, str]:
     of its 16 GEMMs per image has at least ``WINOGRAD_MIN_MACS`` multiply-adds (O * C * 2x2
     output tiles). Direct takes stride 1, groups 1 and kernels up to ``direct.MAX_WIDTH``
     wide; the cost model picks it for at most ``DIRECT_MAX_CHANNELS`` input channels, and
-    for 3x3 kernels on planes of at least ``DIRECT_MIN_PLANE`` outputs. With ``tune`` every
+    for 3x3 kernels on planes of at least ``DIRECT_MIN_PLANE`` outputs, but not for the conv
+    that computes an input ``gradient`` (:func:`gradient_as_conv`): in the fused batch-norm
+    backward Winograd ran those faster (32 -> 32 at 32x32, batch 64: 22.6 against 24.2 ms
+    for the whole backward, docs/performance.md). With ``tune`` every
     eligible algorithm is timed at the layer's geometry instead (once per geometry, CPU and
     thread count: the tuning log, ``numba_cpu/tuning.py``). ``$CONVFORGE_CONV_ALGO``
     overrides both.
@@ -628,7 +680,7 @@ def conv_algorithm(conv: Node, tune: bool = False) -> tuple[str, str]:
         if c <= DIRECT_MAX_CHANNELS:
             channels = f"{c} input channel{'s' if c > 1 else ''}"
             return "direct", f"{channels}: im2col's GEMM would be thin (K = {c * kh * kw})"
-        if (kh, kw) == (3, 3) and ho * wo >= DIRECT_MIN_PLANE:
+        if (kh, kw) == (3, 3) and ho * wo >= DIRECT_MIN_PLANE and not gradient:
             return "direct", f"3x3 on a {ho}x{wo} plane: at least {DIRECT_MIN_PLANE} outputs for direct"
     if "winograd" not in candidates:
         return "im2col", f"{c} -> {o} channels, {kh}x{kw} on {ho}x{wo}: im2col by the cost model"
@@ -718,6 +770,73 @@ def _direct_blocker(conv: Node) -> str:
     if kw > MAX_WIDTH:
         return f"kernel width {kw}: direct is written out up to {MAX_WIDTH}"
     return ""
+
+
+def gradient_as_conv(node: Node) -> Node | None:
+    """The forward convolution whose output is the input gradient ``node`` computes (a
+    ``conv*_backward_input`` or ``conv_transpose2d``: inputs gy [N, O, ...] and w [O, C, ...]).
+
+    For stride 1 and groups 1 that is gy, zero padded by (k-1)*d - p per side, correlated
+    with the weights of :func:`flip_transpose`, so :func:`conv_algorithm` can choose any
+    forward algorithm for it. None for other strides or groups, or where the padding is
+    wider than (k-1)*d (the padded gradient would be cropped).
+    """
+    sh, sw, _ph, _pw, _dh, _dw, groups = conv_params(node)
+    if (sh, sw) != (1, 1) or groups != 1:
+        return None
+    gy, w, gx = node.inputs[0], node.inputs[1], node.outputs[0]
+    nd = gy.type.rank - 2
+    dilation = tuple(node.attrs["dilation"])
+    pads = []
+    for axis, (lo, _hi) in enumerate(pad_pairs(node.attrs["padding"], nd)):
+        span = (w.shape[2 + axis] - 1) * dilation[axis]
+        size_in, size_out = gy.shape[2 + axis], gx.shape[2 + axis]
+        pads.append((span - lo, size_out + lo - size_in))  # from size_out = size_in + both - span
+    if min(min(p) for p in pads) < 0:
+        return None
+    conv = Node(
+        f"conv{nd}d",
+        {
+            "stride": (1,) * nd,
+            "padding": tuple(lo for lo, _ in pads) + tuple(hi for _, hi in pads),
+            "dilation": dilation,
+            "groups": 1,
+        },
+        meta={**node.meta, "layer": f"{node.meta.get('layer') or node.op}: input gradient"},
+    )
+    o, c = w.shape[:2]
+    flipped = TensorType(w.dtype, (c, o, *w.shape[2:]))
+    conv.inputs = [Value(gy.name, gy.type), Value(f"{w.name}.flipped", flipped)]
+    conv.outputs = [Value(gx.name, gx.type, conv)]
+    return conv
+
+
+def weight_grad_algorithm(node: Node) -> tuple[str, str]:
+    """(algorithm, why) for the weight gradient a ``conv2d_backward_weight`` node (inputs x
+    and gy) computes: ``winograd`` (16 GEMMs per image on transformed tiles, the adjoint of
+    the forward's, ``winograd.weight_grad_tiles``) or ``im2col``.
+
+    The cost model takes Winograd for at least ``WINOGRAD_MIN_CHANNELS`` channels each way
+    and ``WINOGRAD_WEIGHT_MIN_TILES`` tiles; ``$CONVFORGE_CONV_ALGO`` overrides it
+    (``direct`` has no weight-gradient kernel: im2col).
+    """
+    x, gy = node.inputs[0], node.inputs[1]
+    forward = Node("conv2d" if x.type.rank == 4 else "conv1d", node.attrs, meta=node.meta)
+    forward.inputs = [x, Value(node.outputs[0].name, node.outputs[0].type)]
+    forward.outputs = [Value(gy.name, gy.type, forward)]
+    blocker = _winograd_blocker(forward)
+    choice = os.environ.get(ALGO_ENV, "auto").strip().lower() or "auto"
+    if blocker:
+        return "im2col", blocker
+    if choice != "auto":
+        return ("winograd" if choice == "winograd" else "im2col"), f"{ALGO_ENV}={choice}"
+    o, c = node.outputs[0].shape[:2]
+    th, tw = tile_counts(*_plane(forward))
+    if min(c, o) < WINOGRAD_MIN_CHANNELS:
+        return "im2col", f"{c} -> {o} channels: fewer than {WINOGRAD_MIN_CHANNELS} for winograd"
+    if th * tw < WINOGRAD_WEIGHT_MIN_TILES:
+        return "im2col", f"{th}x{tw} tiles: fewer than {WINOGRAD_WEIGHT_MIN_TILES} for winograd"
+    return "winograd", f"3x3 stride 1, {c} -> {o} channels, {th}x{tw} tiles: 2.25x fewer multiplications"
 
 
 # -- lowering -----------------------------------------------------------------------------

@@ -13,7 +13,10 @@ The patterns are described in :mod:`convforge.ir.ops.fusion`:
   affine and activation in one more.
 * :class:`NormBackward` (``[act_backward] -> batch_norm_backward -> conv gradients``): one
   kernel reduces the two per-channel sums, then rebuilds each image's conv-output gradient
-  in scratch and runs the weight and input gradient GEMMs on it.
+  in scratch and runs the weight gradient (im2col GEMM or Winograd tiles) and the input
+  gradient (im2col, or the stride-1 conv of ``conv.gradient_as_conv`` on Winograd or the
+  direct micro-kernels) on it; ``# conv weight gradient:`` / ``# conv input gradient:``
+  lines in the driver say which and why.
 """
 
 from __future__ import annotations
@@ -140,11 +143,29 @@ def _norm_backward(ctx, found: NormBackward, operand, outs: list[str], node: Nod
     dtype = weight.outputs[0].type.dtype
     w = operand(found.grad_input.inputs[1]) if found.grad_input is not None else gw
     gx = outs[3] if found.grad_input is not None else ctx.dummy(4, dtype)
-    k = ctx.static(norm.conv2d_batch_norm_backward, "conv2d_batch_norm_backward")
     geometry = (*conv.conv_params(weight), z.shape[2], z.shape[3])
     planes = [_planes(ctx, z, e) for e in (ga, a, operand(z))]
-    ctx.line(
-        f"{k}({', '.join(planes)}, {operand(bw)}, {operand(mean)}, {operand(invstd)}, "
-        f"act={act_text(found.activation)}, x={operand(weight.inputs[0])}, w={w}, conv={geometry}, "
-        f"nt=T, gbw={gbw}, gbb={gbb}, gw={gw}, gx={gx})"
+    args = (
+        f"{', '.join(planes)}, {operand(bw)}, {operand(mean)}, {operand(invstd)}, "
+        f"act={act_text(found.activation)}, x={operand(weight.inputs[0])}, w={w}, conv={geometry}"
     )
+    tune = bool(ctx.graph.meta.get("tune"))
+    weight_algorithm, weight_why = conv.weight_grad_algorithm(weight)
+    input_algorithm, input_why, kw, pads = "im2col", "", 0, (0, 0)
+    as_conv = conv.gradient_as_conv(found.grad_input) if found.grad_input is not None else None
+    if as_conv is not None:
+        input_algorithm, input_why = conv.conv_algorithm(as_conv, tune=tune, gradient=True)
+        kw, pads = as_conv.inputs[1].shape[-1], conv.conv_params(as_conv)[2:4]
+    elif found.grad_input is not None:
+        input_why = "its stride, groups or padding make it no stride-1 conv of the output gradient"
+    direct_kw = kw if input_algorithm == "direct" else 0
+    k = ctx.generated(
+        ("conv2d_batch_norm_backward", direct_kw),
+        norm.norm_backward_source(direct_kw),
+        " -> ".join(n.op for n in node.region.nodes) + (f" [direct k{kw}]" if direct_kw else ""),
+    )
+    ctx.line(f"# conv weight gradient: {weight_algorithm} ({weight_why})")
+    if found.grad_input is not None:
+        ctx.line(f"# conv input gradient: {input_algorithm} ({input_why})")
+    grad = (weight_algorithm == "winograd", norm.INPUT_GRAD_ALGORITHMS.index(input_algorithm), *pads)
+    ctx.line(f"{k}({args}, grad={grad}, nt=T, gbw={gbw}, gbb={gbb}, gw={gw}, gx={gx})")

@@ -14,13 +14,7 @@ from numba import njit, prange
 
 from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.activation import act_grad
-from convforge.backends.numba_cpu.kernels.conv import (
-    input_grad_image,
-    new_parts,
-    scratch_buffers,
-    sum_parts_t,
-    weight_grad_image,
-)
+from convforge.backends.numba_cpu.kernels.direct import micro_kernels_source
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
 from convforge.ir import scalar
 from convforge.ir.ops import rng
@@ -217,67 +211,152 @@ def channel_grad_sums(ga, a, z, o, m, act):
 
 
 @njit(cache=True)
-def norm_backward_chunk(ga, a, z, sums, act, x, w2, geometry, t, chunks, want_gx, part, gx):
-    """Images t, t + chunks, ...: the conv-output gradient rebuilt in scratch from the
-    per-channel ``sums`` (rows: k, mean, invstd, sum g, sum g * x_hat), then the conv's
-    weight gradient into ``part`` and its input gradient into gx."""
+def channel_grad_terms(ga, a, z, bw, mean, invstd, act, o, gbw, gbb, sums):
+    """Channel o's batch-norm bias and weight gradients, and the terms the conv-output
+    gradient is rebuilt from (``sums`` rows: k, mean, invstd, sum g, sum g * x_hat)."""
+    count = ga.shape[0] * ga.shape[2]
+    m = np.float64(mean[o])
+    inv = np.float64(invstd[o])
+    sg, sgc = channel_grad_sums(ga, a, z, o, m, act)
+    sgx = sgc * inv
+    gbb[o] = sg
+    gbw[o] = sgx
+    sums[0, o] = bw[o] * inv / count
+    sums[1, o] = m
+    sums[2, o] = inv
+    sums[3, o] = sg
+    sums[4, o] = sgx
+
+
+@njit(cache=True)
+def conv_output_grad(ga, a, z, sums, act, n, ho, wo, rw, gz):
+    """gz[o, oy*rw + ox] = the conv-output gradient of image n, rebuilt from the per-channel
+    ``sums`` of :func:`channel_grad_terms` (the extra columns of pitch rw are left alone)."""
     kind, p, q = act
+    count = ga.shape[0] * ga.shape[2]
+    for o in range(ga.shape[1]):
+        k, m, inv, sg, sgx = sums[0, o], sums[1, o], sums[2, o], sums[3, o], sums[4, o]
+        for oy in range(ho):
+            for ox in range(wo):
+                i = oy * wo + ox
+                g = act_grad(kind, p, q, ga[n, o, i], a[n, o, i])
+                gz[o, oy * rw + ox] = k * (count * g - sg - (z[n, o, i] - m) * inv * sgx)
+
+
+# The generated backward of conv2d -> batch_norm_train -> [activation], from the activation's
+# output gradient ``ga`` ([N, O, L], like its output ``a`` and the conv output ``z``). Pass 1
+# reduces g = act'(a) * ga and g * x_hat per channel (the batch norm's bias and weight
+# gradients); pass 2, per image, rebuilds the conv-output gradient
+# bw * invstd / m * (m * g - sum g - x_hat * sum g x_hat) in scratch and runs the conv's
+# gradient products on it while it is in cache: the weight gradient as an im2col GEMM or in
+# Winograd tiles, the input gradient as the im2col GEMM's transpose, or placed in the padded
+# layout of the stride-1 conv that computes it (``conv.gradient_as_conv``) and run on the
+# Winograd tiles or the direct micro-kernels.
+#
+# The algorithms are runtime arguments (the scratch of one not taken is empty): every
+# variant compiled separately cost 8-11 s of cold compile each; only the direct
+# micro-kernels, written out per kernel width, make a source of their own.
+WEIGHT_GRAD_ALGORITHMS = ("im2col", "winograd")
+INPUT_GRAD_ALGORITHMS = ("im2col", "winograd", "direct")
+
+_NORM_BACKWARD = """\
+import numpy as np
+from numba import njit, prange
+
+from convforge.backends.numba_cpu.kernels.conv import (
+    direct_buffers, flipped_weights, input_grad_image, new_parts, pad_image, place_rows,
+    scratch_buffers, store_image, sum_parts_t, weight_grad_image,
+)
+from convforge.backends.numba_cpu.kernels.norm import channel_grad_terms, conv_output_grad
+from convforge.backends.numba_cpu.kernels.winograd import (
+    transformed_weights, weight_grad_from_parts, weight_grad_tiles, weight_transform_rows,
+    winograd_buffers, winograd_tiles,
+)
+
+
+{micro}@njit(cache=True)
+def chunk(ga, a, z, sums, act, x, w2, wf, u, geometry, grad, t, chunks, want_gx, part, gx):
     kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
-    N, C = x.shape[0], x.shape[1]
-    O, kg = w2.shape
-    col, xp, gz, rw = scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, x)
-    count = N * ga.shape[2]
+    wino_w, alg_in, pt, pl = grad
+    N, C, H, W = x.shape
+    O = ga.shape[1]
+    col, xp, gz, rw = scratch_buffers(C, O, C * kh * kw, kh, kw, sh, sw, dh, dw, ho, wo, x)
+    # scratch of the algorithms not taken is empty
+    wxp, wv, wm, _ = winograd_buffers(C if wino_w else 0, O if wino_w else 0, ho, wo, x)
+    wg = alg_in == 1
+    igp, iv, im, ir = winograd_buffers(O if wg else 0, C if wg else 0, H, W, x)
+    dg = alg_in == 2
+    dgp, dr, drg = direct_buffers(O if dg else 0, C if dg else 0, kh, kw, dh, dw, H, W, x)
     part[:] = 0
     gz[:] = 0  # the wide layout's extra columns stay zero
     for n in range(t, N, chunks):
-        for o in range(O):
-            k, m, inv, sg, sgx = sums[0, o], sums[1, o], sums[2, o], sums[3, o], sums[4, o]
-            for oy in range(ho):
-                for ox in range(wo):
-                    i = oy * wo + ox
-                    g = act_grad(kind, p, q, ga[n, o, i], a[n, o, i])
-                    gz[o, oy * rw + ox] = k * (count * g - sg - (z[n, o, i] - m) * inv * sgx)
-        weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
-        if want_gx:
+        conv_output_grad(ga, a, z, sums, act, n, ho, wo, rw, gz)
+        if wino_w:
+            pad_image(x, n, ph, pw, wxp)
+            weight_grad_tiles(wxp, gz, rw, ho, wo, wv, wm, part.reshape(16, O, C))
+        else:
+            weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
+        if not want_gx:
+            continue
+        if alg_in == 1:
+            place_rows(gz, rw, ho, wo, pt, pl, igp)
+            winograd_tiles(igp, u, H, W, iv, im, ir)
+            store_image(ir, W, n, gx)
+{direct}        else:
             input_grad_image(gz, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, gx)
 
 
 @njit(cache=True, parallel=True)
-def conv2d_batch_norm_backward(ga, a, z, bw, mean, invstd, act, x, w, conv, nt, gbw, gbb, gw, gx):
-    """All gradients of conv2d -> batch_norm_train -> [activation] from the activation's
-    output gradient ``ga`` ([N, O, L], like its output ``a`` and the conv output ``z``).
-
-    Pass 1 reduces ``g = act'(a) * ga`` and ``g * x_hat`` per channel (the batch norm's
-    bias and weight gradients); pass 2, per image, rebuilds the conv-output gradient
-    ``bw * invstd / m * (m * g - sum g - x_hat * sum g x_hat)`` in scratch and runs the
-    conv's gradient GEMMs on it. ``conv`` is (sh, sw, ph, pw, dh, dw, groups, ho, wo); gx is
-    written when it has N images.
-    """
+def kernel(ga, a, z, bw, mean, invstd, act, x, w, conv, grad, nt, gbw, gbb, gw, gx):
     N, O, L = ga.shape
-    count = N * L
+    C = x.shape[1]
+    wino_w, alg_in = grad[0], grad[1]
     sums = np.empty((5, O))
     for o in prange(O):
-        m = np.float64(mean[o])
-        inv = np.float64(invstd[o])
-        sg, sgc = channel_grad_sums(ga, a, z, o, m, act)
-        sgx = sgc * inv
-        gbb[o] = sg
-        gbw[o] = sgx
-        sums[0, o] = bw[o] * inv / count
-        sums[1, o] = m
-        sums[2, o] = inv
-        sums[3, o] = sg
-        sums[4, o] = sgx
-    Ow, cg, kh, kw = w.shape
-    kg = cg * kh * kw
-    w2 = w.reshape(Ow, kg)
-    geometry = (kh, kw) + conv
-    chunks = max(1, min(N, nt))
-    part = new_parts(chunks, kg, O, gw)
+        channel_grad_terms(ga, a, z, bw, mean, invstd, act, o, gbw, gbb, sums)
+    kh, kw = w.shape[2], w.shape[3]
+    kg = C * kh * kw
+    w2 = w.reshape(O, kg)
     want_gx = gx.shape[0] == N
+    wf = flipped_weights(w)
+{check}    u = transformed_weights(C if alg_in == 1 else 0, O, x)
+    wchunks = max(1, min(u.shape[1], nt))
+    wstep = (u.shape[1] + wchunks - 1) // wchunks
+    for t in prange(wchunks):
+        weight_transform_rows(wf, t * wstep, min(u.shape[1], (t + 1) * wstep), u)
+    chunks = max(1, min(N, nt))
+    part = new_parts(chunks, 16 * O if wino_w else kg, C if wino_w else O, gw)
     for t in prange(chunks):
-        norm_backward_chunk(ga, a, z, sums, act, x, w2, geometry, t, chunks, want_gx, part[t], gx)
-    sum_parts_t(part, gw.reshape(O, kg))
+        chunk(ga, a, z, sums, act, x, w2, wf, u, (kh, kw) + conv, grad, t, chunks, want_gx, part[t], gx)
+    if wino_w:
+        weight_grad_from_parts(part.reshape(chunks, 16, O, C), gw)
+    else:
+        sum_parts_t(part, gw.reshape(O, kg))
+"""
+
+_DIRECT = """\
+        elif alg_in == 2:
+            place_rows(gz, rw, ho, wo, pt, pl, dgp)
+            direct_rows(dgp, wf, 0, C, kh, dh, dw, H, dr)
+            store_image(dr, drg, n, gx)
+"""
+
+
+def norm_backward_source(kw: int = 0) -> str:
+    """Source of the backward of conv2d -> batch_norm_train -> [activation]: ``kernel(ga, a,
+    z, bw, mean, invstd, act, x, w, conv, grad, nt, gbw, gbb, gw, gx)``.
+
+    ``conv`` is (sh, sw, ph, pw, dh, dw, groups, ho, wo); ``grad`` is (weight gradient on
+    Winograd, input gradient algorithm: the index in ``INPUT_GRAD_ALGORITHMS``, and the top
+    and left padding of the input gradient's conv, ``conv.gradient_as_conv``). With ``kw``
+    the direct micro-kernels for that kernel width are written in and the input gradient
+    may take them. gx is written when it has N images.
+    """
+    if not kw:
+        return _NORM_BACKWARD.format(micro="", direct="", check="")
+    micro = micro_kernels_source(kw) + "\n\n"
+    check = "    if alg_in == 2:\n        check_width(wf)\n"
+    return _NORM_BACKWARD.format(micro=micro, direct=_DIRECT, check=check)
 
 
 @njit(cache=True, parallel=True)

@@ -151,3 +151,77 @@ def winograd_tiles(xp, u, ho, wo, v, m, r):
     for e in range(16):
         gemm(False, False, 1.0, u[e], v[e], 0.0, m[e])
     output_transform(m, th, tw, ho, wo, r)
+
+
+# -- the weight gradient: the adjoint of the forward, per position e of the transformed tile --
+# y = A^T [U ⊙ V] A with U = G g G^T gives dU[e] = sum over tiles of dM[e] ⊙ V[e], with
+# dM = A dy A^T: per image 16 GEMMs dM[e] [O, tiles] @ V[e]^T [tiles, C], summed over the
+# batch, then dg = G^T dU G once per (o, c). V is the forward's input transform of x.
+
+
+@njit(cache=True)
+def output_transform_adjoint(gz, rw, th, tw, ho, wo, dm):
+    """dm[e, o, p] = (A dy A^T)[e // 4, e % 4] for the 2x2 tile dy of gz[o] (rows of pitch
+    rw) at tile p, zero outside the ho x wo output: the adjoint of :func:`output_transform`."""
+    zero = gz.dtype.type(0)
+    for o in range(gz.shape[0]):
+        g = gz[o]
+        for ty in range(th):
+            y = 2 * ty
+            for tx in range(tw):
+                x = 2 * tx
+                p = ty * tw + tx
+                row = y * rw + x
+                right = x + 1 < wo
+                d00 = g[row]
+                d01 = g[row + 1] if right else zero
+                d10 = zero
+                d11 = zero
+                if y + 1 < ho:
+                    d10 = g[row + rw]
+                    d11 = g[row + rw + 1] if right else zero
+                # A dy: rows (d0b, d0b + d1b, d0b - d1b, -d1b); then the same on each row
+                t00, t01 = d00, d01
+                t10, t11 = d00 + d10, d01 + d11
+                t20, t21 = d00 - d10, d01 - d11
+                t30, t31 = -d10, -d11
+                dm[0, o, p], dm[1, o, p], dm[2, o, p], dm[3, o, p] = t00, t00 + t01, t00 - t01, -t01
+                dm[4, o, p], dm[5, o, p], dm[6, o, p], dm[7, o, p] = t10, t10 + t11, t10 - t11, -t11
+                dm[8, o, p], dm[9, o, p], dm[10, o, p], dm[11, o, p] = t20, t20 + t21, t20 - t21, -t21
+                dm[12, o, p], dm[13, o, p], dm[14, o, p], dm[15, o, p] = t30, t30 + t31, t30 - t31, -t31
+
+
+@njit(cache=True)
+def weight_grad_tiles(xp, gz, rw, ho, wo, v, m, du):
+    """du[e] += dM[e] @ V[e]^T for one image: ``xp`` its zero-padded input (as the forward
+    pads it), ``gz`` [O, ho*rw] its conv-output gradient."""
+    th, tw = tile_counts(ho, wo)
+    input_transform(xp, th, tw, v)
+    output_transform_adjoint(gz, rw, th, tw, ho, wo, m)
+    for e in range(16):
+        gemm(False, True, 1.0, m[e], v[e], 1.0, du[e])
+
+
+@njit(cache=True)
+def weight_grad_from_parts(du, gw):
+    """gw[o, c] = G^T (sum over chunks of du[:, :, o, c]) G: the adjoint of
+    :func:`weight_transform_rows`, in float64."""
+    O, C = gw.shape[0], gw.shape[1]
+    u = np.empty(16)
+    t = np.empty((4, 3))
+    for o in range(O):
+        for c in range(C):
+            for e in range(16):
+                acc = 0.0
+                for k in range(du.shape[0]):
+                    acc += du[k, e, o, c]
+                u[e] = acc
+            for i in range(4):  # G^T applied to each row of dU
+                u0, u1, u2, u3 = u[4 * i], u[4 * i + 1], u[4 * i + 2], u[4 * i + 3]
+                t[i, 0] = u0 + 0.5 * (u1 + u2)
+                t[i, 1] = 0.5 * (u1 - u2)
+                t[i, 2] = 0.5 * (u1 + u2) + u3
+            for j in range(3):  # and to each column of the result
+                gw[o, c, 0, j] = t[0, j] + 0.5 * (t[1, j] + t[2, j])
+                gw[o, c, 1, j] = 0.5 * (t[1, j] - t[2, j])
+                gw[o, c, 2, j] = 0.5 * (t[1, j] + t[2, j]) + t[3, j]

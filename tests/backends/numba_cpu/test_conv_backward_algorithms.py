@@ -1,0 +1,169 @@
+"""The gradient products of conv2d -> batch_norm_train -> [activation] on numba-cpu's
+algorithms: the weight gradient in Winograd tiles, the input gradient as the stride-1 conv
+of the padded output gradient (``conv.gradient_as_conv``) on the Winograd tiles or the
+direct micro-kernels. Gradients agree with the f64 reference and torch f32 on ragged tiles,
+every padding from 0 to past (k-1)*d (which falls back to im2col), dilation, non-square
+kernels, stride 2 and batch 1; the cost model's choices are named in the source."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import convforge as cf
+from convforge import nn, optim
+from convforge.backends.numba_cpu.kernels import conv as conv_kernels
+from convforge.frontend.compile import trace_model
+from convforge.ir.graph import Node, Value
+from convforge.ir.types import TensorType
+from tests.torch_bridge import assert_gradients_match_torch, to_torch
+
+# (batch, in channels, out channels, H, W, kernel, padding, dilation, stride): odd planes
+# leave ragged 2x2 tiles; padding 0 and 2 put the output gradient at the edges of its padded
+# layout; kernel 1 with padding 1 is wider than (k-1)*d and stride 2 is no stride-1 conv of
+# the gradient (both run im2col)
+SHAPES = [
+    (2, 3, 5, 7, 9, 3, 1, 1, 1),
+    (1, 4, 6, 6, 5, 3, 0, 1, 1),
+    (3, 2, 3, 5, 8, 3, 2, 1, 1),
+    (2, 3, 4, 9, 7, (3, 5), (1, 2), 1, 1),
+    (2, 2, 5, 9, 9, 3, 2, 2, 1),
+    (2, 3, 4, 7, 7, 1, 1, 1, 1),
+    (2, 3, 4, 9, 8, 3, 1, 1, 2),
+]
+
+
+def conv_bn(shape) -> nn.Module:
+    _, c, o, _, _, kernel, padding, dilation, stride = shape
+    return nn.Sequential(
+        nn.Conv2d(c, o, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
+        nn.BatchNorm2d(o), nn.ReLU(), nn.Flatten(),
+    )  # fmt: skip
+
+
+def _with_head(body: nn.Module, shape) -> nn.Module:
+    n, c, _, h, w = shape[:5]
+    with torch.no_grad():
+        features = to_torch(body)(torch.zeros(1, c, h, w)).shape[1]
+    return nn.Sequential(body, nn.Linear(features, 3))
+
+
+def _data(shape, dtype):
+    n, c, _, h, w = shape[:5]
+    rng = np.random.default_rng(sum(shape[:5]))
+    return rng.standard_normal((n, c, h, w)).astype(dtype), np.arange(n) % 3
+
+
+def _step(model, shape, dtype, backend="numba-cpu"):
+    return cf.compile_train(
+        model, (None, *shape[1:2], *shape[3:5]), optimizer=optim.SGD(lr=0.1), backend=backend,
+        dtype=dtype, tiered=False,
+    )  # fmt: skip
+
+
+def _lines(step, what: str) -> list[str]:
+    text = step.source("grad")
+    return [line.strip() for line in text.splitlines() if line.strip().startswith(f"# conv {what}")]
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "direct"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gradients_match_reference_f64_and_torch_f32(monkeypatch, algorithm, shape):
+    monkeypatch.setenv(conv_kernels.ALGO_ENV, algorithm)
+    cf.manual_seed(sum(shape[:5]))
+    model = _with_head(conv_bn(shape), shape)
+    x, y = _data(shape, np.float64)
+    ours = _step(model, shape, "float64")
+    loss, grads = ours.gradients(x, y)
+    ref_loss, ref_grads = _step(model, shape, "float64", backend="reference").gradients(x, y)
+    assert loss == pytest.approx(ref_loss, rel=1e-10)
+    for key, value in ref_grads.items():
+        np.testing.assert_allclose(grads[key], value, rtol=1e-9, atol=1e-11, err_msg=key)
+    x32 = x.astype(np.float32)
+    step = _step(model, shape, "float32")
+    loss, grads = step.gradients(x32, y)
+    assert_gradients_match_torch(loss, grads, to_torch(model).train(), x32, y)
+    eligible = not (shape[5] == 1 or shape[8] == 2)
+    taken = algorithm
+    if algorithm == "winograd" and (shape[5] != 3 or shape[7] != 1):
+        taken = "im2col"
+    (input_line,) = _lines(step, "input gradient")
+    assert input_line.startswith(f"# conv input gradient: {taken if eligible else 'im2col'}")
+    (weight_line,) = _lines(step, "weight gradient")
+    winograd_weights = algorithm == "winograd" and shape[5] == 3 and shape[7:9] == (1, 1)
+    assert weight_line.startswith(f"# conv weight gradient: {'winograd' if winograd_weights else 'im2col'}")
+
+
+def test_three_steps_of_a_vgg_block_match_torch():
+    """Three SGD-momentum steps through layers the cost model puts on Winograd (weights and
+    input gradient) at batch 2, against torch f32 (the running statistics too)."""
+    cf.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 17 * 15, 4),
+    )  # fmt: skip
+    twin = to_torch(model).train()
+    sgd = optim.SGD(lr=0.05, momentum=0.9)
+    step = cf.compile_train(model, (None, 3, 17, 15), optimizer=sgd, tiered=False)
+    assert "# conv weight gradient: winograd" in step.source()
+    assert "# conv input gradient: winograd" in step.source()
+    opt = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = rng.standard_normal((2, 3, 17, 15)).astype(np.float32)
+        y = rng.integers(0, 4, size=2)
+        loss = step(x, y)
+        opt.zero_grad()
+        ref = torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)), torch.from_numpy(y))
+        ref.backward()
+        opt.step()
+        assert abs(loss - ref.item()) <= 1e-4 * max(1.0, abs(ref.item()))
+    ours = step.state_dict()
+    for key, value in twin.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            np.testing.assert_allclose(ours[key], value.numpy(), rtol=2e-3, atol=2e-4, err_msg=key)
+
+
+def _backward_nodes(c: int, o: int, hw: int, k: int = 3, **attrs):
+    model = nn.Sequential(nn.Conv2d(c, o, k, bias=False, **attrs))
+    graph, _ = trace_model(model, TensorType("f32", ("N", c, hw, hw)), training=False)
+    forward = next(node for node in graph.nodes if node.op == "conv2d")
+    x, w = forward.inputs[:2]
+    gy = forward.outputs[0]
+    weight = Node("conv2d_backward_weight", forward.attrs)
+    weight.inputs, weight.outputs = [x, gy], [Value("gw", w.type, weight)]
+    grad_input = Node("conv2d_backward_input", forward.attrs)
+    grad_input.inputs, grad_input.outputs = [gy, w], [Value("gx", x.type, grad_input)]
+    return weight, grad_input
+
+
+def test_gradient_as_conv_geometry():
+    _, grad_input = _backward_nodes(5, 7, 9, k=3, padding=(0, 2), dilation=(1, 2))
+    as_conv = conv_kernels.gradient_as_conv(grad_input)
+    # the output gradient is 7 x 5; padded by (k-1)*d - p per side it gives back 9 x 9
+    assert as_conv.op == "conv2d"
+    assert tuple(as_conv.inputs[1].shape) == (5, 7, 3, 3)
+    assert tuple(as_conv.attrs["padding"]) == (2, 2, 2, 2)
+    assert tuple(as_conv.outputs[0].shape) == ("N", 5, 9, 9)
+    assert conv_kernels.gradient_as_conv(_backward_nodes(5, 7, 9, stride=2)[1]) is None
+    assert conv_kernels.gradient_as_conv(_backward_nodes(5, 7, 9, k=1, padding=1)[1]) is None
+
+
+def test_cost_model(monkeypatch):
+    monkeypatch.delenv(conv_kernels.ALGO_ENV, raising=False)
+    weight, grad_input = _backward_nodes(32, 32, 32, padding=1)
+    assert conv_kernels.weight_grad_algorithm(weight)[0] == "winograd"
+    # forward: direct on a 32x32 plane; the input gradient's conv takes Winograd
+    as_conv = conv_kernels.gradient_as_conv(grad_input)
+    assert conv_kernels.conv_algorithm(as_conv)[0] == "direct"
+    assert conv_kernels.conv_algorithm(as_conv, gradient=True)[0] == "winograd"
+    # 4x4 tiles: too few for the weight gradient's GEMMs; 3 channels: too few for Winograd
+    assert conv_kernels.weight_grad_algorithm(_backward_nodes(64, 128, 8, padding=1)[0])[0] == "im2col"
+    assert conv_kernels.weight_grad_algorithm(_backward_nodes(3, 32, 32, padding=1)[0])[0] == "im2col"
+    # few output channels: the input gradient's conv has few input channels, direct
+    few = conv_kernels.gradient_as_conv(_backward_nodes(32, 6, 16, padding=1)[1])
+    assert conv_kernels.conv_algorithm(few, gradient=True)[0] == "direct"
+    monkeypatch.setenv(conv_kernels.ALGO_ENV, "im2col")
+    assert conv_kernels.weight_grad_algorithm(weight) == ("im2col", "CONVFORGE_CONV_ALGO=im2col")
