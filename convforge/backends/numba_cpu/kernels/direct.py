@@ -16,7 +16,10 @@ The ``Wp - wo`` extra columns per row are computed and ignored, as in the wide i
 The output rows have the im2col GEMM's layout, so the generated epilogue reads them.
 
 Block width 4 measured best (8 spills registers: 32 -> 32 channels at 32x32, batch 64,
-2 threads: 4.4 ms with 4, 7.1 ms with 8; im2col 10.4 ms, Winograd 8.1 ms).
+2 threads: 4.4 ms with 4, 7.1 ms with 8; im2col 10.4 ms, Winograd 8.1 ms). The loops are
+compiled with ``fastmath={'contract'}`` and nothing else: multiply-adds become FMAs (the
+same values to the last rounding or closer; 5-9 % faster per layer, docs/performance.md),
+no reassociation.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def micro_kernel_source(kw: int, block: int) -> str:
     """Source of ``block{block}(xp, w, o0, kh, dh, dw, ho, r)``: rows o0 .. o0+block-1 of r
     from the padded image ``xp``, the kernel width ``kw`` written out."""
     lines = [
-        "@njit(cache=True)",
+        # contract: LLVM may fuse each multiply-add into one FMA (rounded once, not twice)
+        "@njit(cache=True, fastmath={'contract'})",
         f"def block{block}(xp, w, o0, kh, dh, dw, ho, r):",
         "    C = xp.shape[0]",
         "    Wp = xp.shape[2]",
