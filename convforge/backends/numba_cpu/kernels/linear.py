@@ -2,7 +2,9 @@
 layer's epilogue (bias, batch-norm affine, activations) as a generated serial pass.
 
 The output's rows or columns are split across threads, each calling single-threaded BLAS
-on its block (``c[i0:i1] = op(a)[i0:i1] @ op(b)``): no partial sums and no temporaries,
+on its block (``c[i0:i1] = op(a)[i0:i1] @ op(b)``; a product with at most
+``blas.SKINNY_ROWS`` rows, small-batch inference of a linear layer, streams the weight
+through ``blas.skinny_abt`` instead, one row with one ``?gemv``): no partial sums and no temporaries,
 and one compiled kernel serves ``linear`` and all four ``matmul`` transposes. The epilogue reads
 the [batch, features] output once more while it is still in cache; a generated parallel
 kernel per epilogue cost about a second of cold compile each for a few microseconds.
@@ -13,7 +15,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from convforge.backends.numba_cpu.kernels import lowering
-from convforge.backends.numba_cpu.kernels.blas import gemm, vecmat
+from convforge.backends.numba_cpu.kernels.blas import SKINNY_ROWS, gemm, skinny_abt, vecmat
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines
 from convforge.ir import scalar
 
@@ -35,6 +37,8 @@ def matmul_block(a, b, c, ta, tb, t, chunks, by_rows):
         bj = b[i0:i1] if tb else b[:, i0:i1]
         if c.shape[0] == 1 and not ta:
             vecmat(tb, a, bj, c[:, i0:i1])
+        elif c.shape[0] <= SKINNY_ROWS and tb and not ta:
+            skinny_abt(a, b, c, i0, i1)
         else:
             gemm(ta, tb, 1.0, a, bj, 0.0, c[:, i0:i1])
 
