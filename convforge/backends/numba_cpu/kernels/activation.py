@@ -91,7 +91,8 @@ _PARAMS = ("p", "q")
 def act_grad_source() -> str:
     """``act_grad(kind, p, q, g, s)``: ``g`` times the derivative of monotone activation number
     ``kind`` (:func:`act_args`), read off its output ``s``; ``p``, ``q`` are its attributes
-    (``hardtanh``'s min_val and max_val), in the order of ``scalar.fields``."""
+    (``hardtanh``'s min_val and max_val), in the order of ``scalar.fields``. And
+    ``act_grad_row(kind, p, q, g, s, out)``: the same over 1-D arrays into ``out``."""
     lines = ["@njit(cache=True)", "def act_grad(kind, p, q, g, s):"]
     for kind, op in enumerate(scalar.monotone_backward_ops()):
         fields = scalar.fields(op)
@@ -102,6 +103,14 @@ def act_grad_source() -> str:
         expr = scalar.expression(op, g="g", s="s", **dict(zip(fields, _PARAMS)))
         lines += [f"    if kind == {kind}:  # {op}", f"        return {expr}"]
     lines.append("    return g")
+    # the same per row: the kind is tested once, and each branch's loop vectorises
+    lines += ["", "", "@njit(cache=True)", "def act_grad_row(kind, p, q, g, s, out):", "    n = out.shape[0]"]
+    for kind, op in enumerate(scalar.monotone_backward_ops()):
+        fields = scalar.fields(op)
+        expr = scalar.expression(op, g="g[i]", s="s[i]", **dict(zip(fields, _PARAMS)))
+        lines += [f"    if kind == {kind}:  # {op}", "        for i in range(n):"]
+        lines += [f"            out[i] = {expr}", "        return"]
+    lines += ["    for i in range(n):", "        out[i] = g[i]"]
     return _HEADER + "\n".join(lines) + "\n"
 
 
@@ -121,7 +130,9 @@ def act_text(node: Node | None) -> str:
     return f"({kind}, {scalar.literal(p)}, {scalar.literal(q)})"
 
 
-act_grad = load_generated(act_grad_source(), "act_grad").act_grad
+_act_grad_module = load_generated(act_grad_source(), "act_grad")
+act_grad = _act_grad_module.act_grad
+act_grad_row = _act_grad_module.act_grad_row
 
 
 # -- softmax family: x seen as [outer, D, inner], reduced over D ----------------------------
