@@ -1,4 +1,4 @@
-"""Shared agreement checks of the numba-cpu convolution algorithms (Winograd, direct)."""
+"""Shared agreement checks and models of the numba-cpu convolution algorithms (Winograd, direct)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ def assert_matches_reference_f64_and_torch_f32(model: nn.Module, x: np.ndarray, 
             with torch.no_grad():
                 expected = to_torch(model)(torch.from_numpy(x.astype(np.float32))).numpy()
             assert_agree(got, expected, "f32", algorithm, "numba-cpu", "torch")
+
+
+def vgg_block() -> nn.Module:
+    """Two 3x3 conv -> BN -> ReLU layers the cost model puts on Winograd in the backward (the
+    second's weight and input gradients) on a plane of ragged 2x2 tiles."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 17 * 15, 4),
+    )  # fmt: skip

@@ -13,6 +13,7 @@ import convforge as cf
 from convforge import nn, optim
 from convforge.backends.numba_cpu import BACKEND
 from convforge.models.zoo import BasicBlock
+from tests.conv_algorithms import vgg_block
 
 STEPS = 3
 
@@ -61,6 +62,7 @@ class TorchBlock(torch.nn.Module):
 MODELS = {
     "conv_bn_relu_pool": (conv_bn_relu_pool, (1, 7, 9), 3),
     "basic_block": (Block, (3, 7, 9), 2),
+    "vgg_block": (vgg_block, (3, 17, 15), 2),
 }
 SGD = dict(lr=0.1, momentum=0.9)
 
