@@ -314,21 +314,16 @@ def backward_weight_chunk(x, gy, t, chunks, groups, kh, kw, sh, sw, ph, pw, dh, 
 
 
 @njit(cache=True)
-def flip_transpose(w, wf):
-    """wf[c, o, i, j] = w[o, c, kh-1-i, kw-1-j]: the weights of the input gradient's conv."""
+def flipped_weights(w):
+    """A new [C, O, kh, kw] array wf[c, o, i, j] = w[o, c, kh-1-i, kw-1-j]: the weights of
+    the input gradient's conv."""
     O, C, kh, kw = w.shape
+    wf = np.empty((C, O, kh, kw), dtype=w.dtype)
     for c in range(C):
         for o in range(O):
             for i in range(kh):
                 for j in range(kw):
                     wf[c, o, i, j] = w[o, c, kh - 1 - i, kw - 1 - j]
-
-
-@njit(cache=True)
-def flipped_weights(w):
-    """A new [C, O, kh, kw] array: :func:`flip_transpose` of ``w``."""
-    wf = np.empty((w.shape[1], w.shape[0], w.shape[2], w.shape[3]), dtype=w.dtype)
-    flip_transpose(w, wf)
     return wf
 
 
@@ -655,12 +650,7 @@ def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tu
     thread count: the tuning log, ``numba_cpu/tuning.py``). ``$CONVFORGE_CONV_ALGO``
     overrides both.
     """
-    choice = os.environ.get(ALGO_ENV, "auto").strip().lower() or "auto"
-    if choice not in ALGORITHMS:
-        raise BackendError(
-            f"{ALGO_ENV}={os.environ[ALGO_ENV]!r} (node {conv.describe()}): expected one of "
-            f"{', '.join(ALGORITHMS)}"
-        )
+    choice = _algorithm_choice(conv)
     if choice == "im2col":
         return "im2col", f"{ALGO_ENV}=im2col"
     blockers = {"winograd": _winograd_blocker(conv), "direct": _direct_blocker(conv)}
@@ -693,6 +683,17 @@ def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tu
             f"{o}x{c}x{th * tw} per-tile GEMMs: below {WINOGRAD_MIN_MACS} multiply-adds for winograd",
         )
     return "winograd", f"3x3 stride 1, {c} -> {o} channels, {th}x{tw} tiles: 2.25x fewer multiplications"
+
+
+def _algorithm_choice(node: Node) -> str:
+    """``$CONVFORGE_CONV_ALGO``, checked (``auto`` when unset)."""
+    choice = os.environ.get(ALGO_ENV, "auto").strip().lower() or "auto"
+    if choice not in ALGORITHMS:
+        raise BackendError(
+            f"{ALGO_ENV}={os.environ[ALGO_ENV]!r} (node {node.describe()}): expected one of "
+            f"{', '.join(ALGORITHMS)}"
+        )
+    return choice
 
 
 def _kernel_size(conv: Node) -> tuple[int, int]:
@@ -777,7 +778,7 @@ def gradient_as_conv(node: Node) -> Node | None:
     ``conv*_backward_input`` or ``conv_transpose2d``: inputs gy [N, O, ...] and w [O, C, ...]).
 
     For stride 1 and groups 1 that is gy, zero padded by (k-1)*d - p per side, correlated
-    with the weights of :func:`flip_transpose`, so :func:`conv_algorithm` can choose any
+    with the weights of :func:`flipped_weights`, so :func:`conv_algorithm` can choose any
     forward algorithm for it. None for other strides or groups, or where the padding is
     wider than (k-1)*d (the padded gradient would be cropped).
     """
@@ -825,7 +826,7 @@ def weight_grad_algorithm(node: Node) -> tuple[str, str]:
     forward.inputs = [x, Value(node.outputs[0].name, node.outputs[0].type)]
     forward.outputs = [Value(gy.name, gy.type, forward)]
     blocker = _winograd_blocker(forward)
-    choice = os.environ.get(ALGO_ENV, "auto").strip().lower() or "auto"
+    choice = _algorithm_choice(node)
     if blocker:
         return "im2col", blocker
     if choice != "auto":

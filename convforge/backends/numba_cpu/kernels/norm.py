@@ -262,7 +262,7 @@ def conv_output_grad(ga, a, z, sums, act, n, ho, wo, rw, gz):
 # The algorithms are runtime arguments (the scratch of one not taken is empty): every
 # variant compiled separately cost 8-11 s of cold compile each; only the direct
 # micro-kernels, written out per kernel width, make a source of their own.
-WEIGHT_GRAD_ALGORITHMS = ("im2col", "winograd")
+#: the input gradient's algorithm as the kernel's runtime argument: its index here
 INPUT_GRAD_ALGORITHMS = ("im2col", "winograd", "direct")
 
 _NORM_BACKWARD = """\
