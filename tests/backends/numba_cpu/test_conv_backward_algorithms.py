@@ -1,5 +1,5 @@
 """The gradient products of conv2d -> batch_norm_train -> [activation] on numba-cpu's
-algorithms: the weight gradient in Winograd tiles, the input gradient as the stride-1 conv
+algorithms: the weight gradient in Winograd tiles (3x3 and 5x5), the input gradient as the stride-1 conv
 of the padded output gradient (``conv.gradient_as_conv``) on the Winograd tiles or the
 direct micro-kernels. Gradients agree with the f64 reference and torch f32 on ragged tiles,
 every padding from 0 to past (k-1)*d (which falls back to im2col), dilation, non-square
@@ -14,6 +14,7 @@ import torch
 import convforge as cf
 from convforge import nn, optim
 from convforge.backends.numba_cpu.kernels import conv as conv_kernels
+from convforge.backends.numba_cpu.kernels import winograd as winograd_kernels
 from convforge.frontend.compile import trace_model
 from convforge.ir.graph import Node, Value
 from convforge.ir.types import TensorType
@@ -33,6 +34,14 @@ SHAPES = [
     (2, 3, 4, 7, 7, 1, 1, 1, 1),
     (2, 3, 4, 9, 8, 3, 1, 1, 2),
 ]
+# 5x5 on F(2x2, 5x5) (Winograd only: a direct kernel of width 5 would cost the suite a
+# compile of its own)
+SHAPES_5X5 = [(2, 3, 4, 9, 7, 5, 2, 1, 1), (1, 2, 3, 6, 8, 5, 1, 1, 1)]
+CASES = [(a, s) for a in ("winograd", "direct") for s in SHAPES] + [("winograd", s) for s in SHAPES_5X5]
+
+
+def _case_id(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, tuple) else value
 
 
 def conv_bn(shape) -> nn.Module:
@@ -68,8 +77,7 @@ def _lines(step, what: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip().startswith(f"# conv {what}")]
 
 
-@pytest.mark.parametrize("algorithm", ["winograd", "direct"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(("algorithm", "shape"), CASES, ids=_case_id)
 def test_gradients_match_reference_f64_and_torch_f32(monkeypatch, algorithm, shape):
     monkeypatch.setenv(conv_kernels.ALGO_ENV, algorithm)
     cf.manual_seed(sum(shape[:5]))
@@ -87,12 +95,13 @@ def test_gradients_match_reference_f64_and_torch_f32(monkeypatch, algorithm, sha
     assert_gradients_match_torch(loss, grads, to_torch(model).train(), x32, y)
     eligible = not (shape[5] == 1 or shape[8] == 2)
     taken = algorithm
-    if algorithm == "winograd" and (shape[5] != 3 or shape[7] != 1):
+    winograd_kernel = shape[5] in winograd_kernels.TILES and shape[7] == 1  # square 3x3 or 5x5
+    if algorithm == "winograd" and not winograd_kernel:
         taken = "im2col"
     (input_line,) = _lines(step, "input gradient")
     assert input_line.startswith(f"# conv input gradient: {taken if eligible else 'im2col'}")
     (weight_line,) = _lines(step, "weight gradient")
-    winograd_weights = algorithm == "winograd" and shape[5] == 3 and shape[7:9] == (1, 1)
+    winograd_weights = algorithm == "winograd" and winograd_kernel and shape[8] == 1
     assert weight_line.startswith(f"# conv weight gradient: {'winograd' if winograd_weights else 'im2col'}")
 
 

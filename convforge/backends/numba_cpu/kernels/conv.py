@@ -36,7 +36,7 @@ from convforge.backends.numba_cpu.kernels.blas import copy_run, gemm
 from convforge.backends.numba_cpu.kernels.direct import MAX_WIDTH, micro_kernels_source
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
 from convforge.backends.numba_cpu.kernels.pool import scatter_pooled_grad, window
-from convforge.backends.numba_cpu.kernels.winograd import tile_counts
+from convforge.backends.numba_cpu.kernels.winograd import TILES, tile_counts, tile_size, winograd_imports
 from convforge.errors import BackendError
 from convforge.ir import scalar
 from convforge.ir.graph import Node, Value
@@ -462,7 +462,7 @@ _IM2COL_LOOP = """\
                   pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
 
 # the weights are transformed once per call, output rows split over the threads; then
-# each image is padded, transformed and multiplied (16 GEMMs) into r, which the epilogue reads
+# each image is padded, transformed and multiplied (16 or 36 GEMMs) into r, which the epilogue reads
 _WINOGRAD_LOOP = """\
     u = transformed_weights(O, x.shape[1], x)
     wchunks = max(1, min(O, nt))
@@ -557,7 +557,8 @@ def forward_source(
 ) -> str:
     """Source of the fused conv kernel for one epilogue: ``pool`` is none|max|avg,
     ``algorithm`` im2col|winograd|direct (see :func:`conv_algorithm`; ``direct`` is written
-    out for the kernel width ``kw``); ``split`` says what the im2col threads share out:
+    out for the kernel width ``kw``, ``winograd`` runs the variant for a ``kw`` x ``kw``
+    kernel); ``split`` says what the im2col threads share out:
     ``images`` (a chunk of the batch each) or ``channels`` (one image at a time, each thread
     a block of output channels: for fewer images than threads; the direct kernel does both).
 
@@ -591,12 +592,12 @@ def forward_source(
         "from convforge.backends.numba_cpu.kernels.conv import (\n"
         "    conv_gemm_image, direct_buffers, image_columns, pad_image, scratch_buffers,\n)\n"
         "from convforge.backends.numba_cpu.kernels.direct import channel_blocks\n"
-        "from convforge.backends.numba_cpu.kernels.winograd import (\n"
-        "    transformed_weights, weight_transform_rows, winograd_buffers, winograd_tiles,\n)\n"
         "from convforge.backends.numba_cpu.kernels.norm import bn_scale_shift\n"
-        "from convforge.backends.numba_cpu.kernels.pool import avg_pool_plane, max_pool_plane\n\n\n"
+        "from convforge.backends.numba_cpu.kernels.pool import avg_pool_plane, max_pool_plane\n"
     )
-    return header + body
+    if algorithm == "winograd":
+        header += winograd_imports(kw)
+    return header + "\n\n" + body
 
 
 def forward_key(acts: list[tuple[str, dict]], has_bn: bool, pool: str, variant: str) -> tuple:
@@ -634,18 +635,19 @@ WINOGRAD_WEIGHT_MIN_TILES = 64
 
 
 def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tuple[str, str]:
-    """(algorithm, why) for a forward convolution node: ``im2col``, ``winograd`` (F(2x2, 3x3))
-    or ``direct`` (``kernels/direct.py``).
+    """(algorithm, why) for a forward convolution node: ``im2col``, ``winograd`` (F(2x2, 3x3)
+    or F(2x2, 5x5), ``kernels/winograd.py``) or ``direct`` (``kernels/direct.py``).
 
-    Winograd takes 3x3 conv2d with stride 1, dilation 1 and groups 1; the cost model picks
-    it when input and output channels are both at least ``WINOGRAD_MIN_CHANNELS`` and each
-    of its 16 GEMMs per image has at least ``WINOGRAD_MIN_MACS`` multiply-adds (O * C * 2x2
-    output tiles). Direct takes stride 1, groups 1 and kernels up to ``direct.MAX_WIDTH``
-    wide; the cost model picks it for at most ``DIRECT_MAX_CHANNELS`` input channels, and
-    for 3x3 kernels on planes of at least ``DIRECT_MIN_PLANE`` outputs, but not for the conv
-    that computes an input ``gradient`` (:func:`gradient_as_conv`): in the fused batch-norm
-    backward Winograd ran those faster (32 -> 32 at 32x32, batch 64: 22.6 against 24.2 ms
-    for the whole backward, docs/performance.md). With ``tune`` every
+    Winograd takes 3x3 and 5x5 conv2d with stride 1, dilation 1 and groups 1; the cost model
+    picks it when input and output channels are both at least ``WINOGRAD_MIN_CHANNELS`` and
+    each of its GEMMs per image (16 or 36) has at least ``WINOGRAD_MIN_MACS`` multiply-adds
+    (O * C * 2x2 output tiles). Direct takes stride 1, groups 1 and kernels up to
+    ``direct.MAX_WIDTH`` wide; the cost model picks it for at most ``DIRECT_MAX_CHANNELS``
+    input channels, and for 3x3 kernels on planes of at least ``DIRECT_MIN_PLANE`` outputs,
+    but not for the conv that computes an input ``gradient`` (:func:`gradient_as_conv`): in
+    the fused batch-norm backward Winograd ran those faster (32 -> 32 at 32x32, batch 64:
+    22.6 against 24.2 ms for the whole backward, docs/performance.md).
+    With ``tune`` every
     eligible algorithm is timed at the layer's geometry instead (once per geometry, CPU and
     thread count: the tuning log, ``numba_cpu/tuning.py``). ``$CONVFORGE_CONV_ALGO``
     overrides both.
@@ -674,7 +676,7 @@ def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tu
             return "direct", f"3x3 on a {ho}x{wo} plane: at least {DIRECT_MIN_PLANE} outputs for direct"
     if "winograd" not in candidates:
         return "im2col", f"{c} -> {o} channels, {kh}x{kw} on {ho}x{wo}: im2col by the cost model"
-    th, tw = tile_counts(ho, wo)
+    th, tw = tile_counts(ho, wo, tile_size(kh))
     if min(c, o) < WINOGRAD_MIN_CHANNELS:
         return "im2col", f"{c} -> {o} channels: fewer than {WINOGRAD_MIN_CHANNELS} for winograd"
     if o * c * th * tw < WINOGRAD_MIN_MACS:
@@ -682,7 +684,17 @@ def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tu
             "im2col",
             f"{o}x{c}x{th * tw} per-tile GEMMs: below {WINOGRAD_MIN_MACS} multiply-adds for winograd",
         )
-    return "winograd", f"3x3 stride 1, {c} -> {o} channels, {th}x{tw} tiles: 2.25x fewer multiplications"
+    return "winograd", f"{_winograd_name(kh)}, {c} -> {o} channels, {th}x{tw} tiles: {_winograd_gain(kh)}"
+
+
+def _winograd_name(r: int) -> str:
+    m = tile_size(r)
+    return f"F({m}x{m}, {r}x{r})"
+
+
+def _winograd_gain(r: int) -> str:
+    m = tile_size(r)
+    return f"{(m * r) ** 2 / (m + r - 1) ** 2:.2f}x fewer multiplications"
 
 
 def _algorithm_choice(node: Node) -> str:
@@ -710,8 +722,8 @@ def _plane(conv: Node) -> tuple[int, int]:
 
 def forward_variant(algorithm: str, kw: int) -> str:
     """The :func:`forward_key` variant of a forward kernel for ``algorithm`` (the direct
-    kernel is written out per kernel width)."""
-    return f"direct-k{kw}" if algorithm == "direct" else algorithm
+    kernel is written out per kernel width, the Winograd one runs a variant per size)."""
+    return f"{algorithm}-k{kw}" if algorithm in ("direct", "winograd") else algorithm
 
 
 #: the batch a convolution is timed at when tuned (its graph's batch is not known yet)
@@ -749,13 +761,14 @@ def tuned_algorithm(conv: Node, candidates: tuple[str, ...]) -> tuple[str, str]:
 
 
 def _winograd_blocker(conv: Node) -> str:
-    """Why Winograd F(2x2, 3x3) cannot run ``conv`` ('' when it can)."""
+    """Why no Winograd variant (``winograd.TILES``) can run ``conv`` ('' when one can)."""
     if conv.op != "conv2d":
         return f"{conv.op}: winograd is for conv2d"
     kh, kw = conv.inputs[1].shape[2:]
     a = conv.attrs
-    if (kh, kw) != (3, 3):
-        return f"{kh}x{kw} kernel: winograd is for 3x3"
+    if kh != kw or kh not in TILES:
+        sizes = " and ".join(f"{r}x{r}" for r in TILES)
+        return f"{kh}x{kw} kernel: winograd is for {sizes}"
     if tuple(a["stride"]) != (1, 1) or tuple(a["dilation"]) != (1, 1) or a["groups"] != 1:
         geometry = f"stride {list(a['stride'])}, dilation {list(a['dilation'])}, groups {a['groups']}"
         return f"{geometry}: winograd needs 1, 1, 1"
@@ -814,7 +827,7 @@ def gradient_as_conv(node: Node) -> Node | None:
 
 def weight_grad_algorithm(node: Node) -> tuple[str, str]:
     """(algorithm, why) for the weight gradient a ``conv2d_backward_weight`` node (inputs x
-    and gy) computes: ``winograd`` (16 GEMMs per image on transformed tiles, the adjoint of
+    and gy) computes: ``winograd`` (16 or 36 GEMMs per image on transformed tiles, the adjoint of
     the forward's, ``winograd.weight_grad_tiles``) or ``im2col``.
 
     The cost model takes Winograd for at least ``WINOGRAD_MIN_CHANNELS`` channels each way
@@ -832,12 +845,13 @@ def weight_grad_algorithm(node: Node) -> tuple[str, str]:
     if choice != "auto":
         return ("winograd" if choice == "winograd" else "im2col"), f"{ALGO_ENV}={choice}"
     o, c = node.outputs[0].shape[:2]
-    th, tw = tile_counts(*_plane(forward))
+    r = forward.inputs[1].shape[-1]
+    th, tw = tile_counts(*_plane(forward), tile_size(r))
     if min(c, o) < WINOGRAD_MIN_CHANNELS:
         return "im2col", f"{c} -> {o} channels: fewer than {WINOGRAD_MIN_CHANNELS} for winograd"
     if th * tw < WINOGRAD_WEIGHT_MIN_TILES:
         return "im2col", f"{th}x{tw} tiles: fewer than {WINOGRAD_WEIGHT_MIN_TILES} for winograd"
-    return "winograd", f"3x3 stride 1, {c} -> {o} channels, {th}x{tw} tiles: 2.25x fewer multiplications"
+    return "winograd", f"{_winograd_name(r)}, {c} -> {o} channels, {th}x{tw} tiles: {_winograd_gain(r)}"
 
 
 # -- lowering -----------------------------------------------------------------------------

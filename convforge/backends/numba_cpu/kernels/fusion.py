@@ -159,9 +159,11 @@ def _norm_backward(ctx, found: NormBackward, operand, outs: list[str], node: Nod
     elif found.grad_input is not None:
         input_why = "its stride, groups or padding make it no stride-1 conv of the output gradient"
     direct_kw = kw if input_algorithm == "direct" else 0
+    # the Winograd variant both products would run (3x3's where the conv has none)
+    r = weight.outputs[0].shape[-1] if "winograd" in (weight_algorithm, input_algorithm) else 3
     k = ctx.generated(
-        ("conv2d_batch_norm_backward", direct_kw),
-        norm.norm_backward_source(direct_kw),
+        ("conv2d_batch_norm_backward", direct_kw, r),
+        norm.norm_backward_source(direct_kw, r),
         " -> ".join(n.op for n in node.region.nodes) + (f" [direct k{kw}]" if direct_kw else ""),
     )
     ctx.line(f"# conv weight gradient: {weight_algorithm} ({weight_why})")

@@ -16,6 +16,7 @@ from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.activation import act_grad_row
 from convforge.backends.numba_cpu.kernels.direct import micro_kernels_source
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
+from convforge.backends.numba_cpu.kernels.winograd import winograd_imports
 from convforge.ir import scalar
 from convforge.ir.ops import rng
 
@@ -274,11 +275,7 @@ from convforge.backends.numba_cpu.kernels.conv import (
     scratch_buffers, store_image, sum_parts_t, weight_grad_image,
 )
 from convforge.backends.numba_cpu.kernels.norm import channel_grad_terms, conv_output_grad
-from convforge.backends.numba_cpu.kernels.winograd import (
-    transformed_weights, weight_grad_from_parts, weight_grad_tiles, weight_transform_rows,
-    winograd_buffers, winograd_tiles,
-)
-
+{winograd}
 
 {micro}@njit(cache=True)
 def chunk(ga, a, z, sums, act, x, w2, wf, u, geometry, grad, t, chunks, want_gx, part, gx):
@@ -299,7 +296,7 @@ def chunk(ga, a, z, sums, act, x, w2, wf, u, geometry, grad, t, chunks, want_gx,
         conv_output_grad(ga, a, z, sums, act, n, ho, wo, rw, gz)
         if wino_w:
             pad_image(x, n, ph, pw, wxp)
-            weight_grad_tiles(wxp, gz, rw, ho, wo, wv, wm, part.reshape(16, O, C))
+            weight_grad_tiles(wxp, gz, rw, ho, wo, wv, wm, part.reshape(WINOGRAD_T, O, C))
         else:
             weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
         if not want_gx:
@@ -331,11 +328,11 @@ def kernel(ga, a, z, bw, mean, invstd, act, x, w, conv, grad, nt, gbw, gbb, gw, 
     for t in prange(wchunks):
         weight_transform_rows(wf, t * wstep, min(u.shape[1], (t + 1) * wstep), u)
     chunks = max(1, min(N, nt))
-    part = new_parts(chunks, 16 * O if wino_w else kg, C if wino_w else O, gw)
+    part = new_parts(chunks, WINOGRAD_T * O if wino_w else kg, C if wino_w else O, gw)
     for t in prange(chunks):
         chunk(ga, a, z, sums, act, x, w2, wf, u, (kh, kw) + conv, grad, t, chunks, want_gx, part[t], gx)
     if wino_w:
-        weight_grad_from_parts(part.reshape(chunks, 16, O, C), gw)
+        weight_grad_from_parts(part.reshape(chunks, WINOGRAD_T, O, C), gw)
     else:
         sum_parts_t(part, gw.reshape(O, kg))
 """
@@ -348,21 +345,23 @@ _DIRECT = """\
 """
 
 
-def norm_backward_source(kw: int = 0) -> str:
+def norm_backward_source(kw: int = 0, r: int = 3) -> str:
     """Source of the backward of conv2d -> batch_norm_train -> [activation]: ``kernel(ga, a,
     z, bw, mean, invstd, act, x, w, conv, grad, nt, gbw, gbb, gw, gx)``.
 
     ``conv`` is (sh, sw, ph, pw, dh, dw, groups, ho, wo); ``grad`` is (weight gradient on
     Winograd, input gradient algorithm: the index in ``INPUT_GRAD_ALGORITHMS``, and the top
-    and left padding of the input gradient's conv, ``conv.gradient_as_conv``). With ``kw``
-    the direct micro-kernels for that kernel width are written in and the input gradient
-    may take them. gx is written when it has N images.
+    and left padding of the input gradient's conv, ``conv.gradient_as_conv``). The Winograd
+    products run the variant for r x r kernels (``winograd.TILES``). With ``kw`` the direct
+    micro-kernels for that kernel width are written in and the input gradient may take them.
+    gx is written when it has N images.
     """
+    winograd = winograd_imports(r)
     if not kw:
-        return _NORM_BACKWARD.format(micro="", direct="", check="")
+        return _NORM_BACKWARD.format(micro="", direct="", check="", winograd=winograd)
     micro = micro_kernels_source(kw) + "\n\n"
     check = "    if alg_in == 2:\n        check_width(wf)\n"
-    return _NORM_BACKWARD.format(micro=micro, direct=_DIRECT, check=check)
+    return _NORM_BACKWARD.format(micro=micro, direct=_DIRECT, check=check, winograd=winograd)
 
 
 @njit(cache=True, parallel=True)

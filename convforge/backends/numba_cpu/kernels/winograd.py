@@ -1,227 +1,384 @@
-"""Winograd F(2x2, 3x3) transforms for stride-1 3x3 convolutions (Lavin & Gray, 2015).
+"""Winograd minimal filtering F(m x m, r x r) for stride-1 convolutions (Lavin & Gray, 2015).
 
-A 2x2 output tile of a 3x3 convolution is ``A^T [(G g G^T) * (B^T d B)] A`` for the 4x4
-input tile ``d`` at the same place: 16 multiplications instead of 36. Over a whole image
-the elementwise products become 16 GEMMs, one per position ``e`` of the 4x4 transformed
-tile: ``M[e] = U[e] @ V[e]`` with ``U[e]`` [O, C] (the transformed weights, computed once
-per call) and ``V[e]`` [C, tiles] (the transformed input of one image). The matrices are
+An m x m output tile of an r x r convolution is ``A^T [(G g G^T) * (B^T d B)] A`` for the
+a x a input tile ``d`` at the same place (a = m + r - 1): a^2 multiplications instead of
+m^2 r^2. Over a whole image the elementwise products become a^2 GEMMs, one per position
+``e`` of the transformed tile: ``M[e] = U[e] @ V[e]`` with ``U[e]`` [O, C] (the transformed
+weights, computed once per call) and ``V[e]`` [C, tiles] (the transformed input of one
+image). The output lands in the same ``[O, ho*wo]`` rows as the im2col GEMM's, so the
+generated epilogue (bias, batch norm, activations, pooling) reads it unchanged.
 
-    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
-    G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
-
-written out below as adds, so no 4x4 matrix product runs per tile. The output lands in
-the same ``[O, ho*wo]`` rows as the im2col GEMM's, so the generated epilogue (bias,
-batch norm, activations, pooling) reads it unchanged.
+The matrices come from Toom-Cook interpolation at the points 0, 1, -1, 2, -2, ... and
+infinity (:func:`matrices`, exact fractions), and each variant's transforms are generated
+with the matrices written out as sums of scalars (:func:`variant_source`): no a x a matrix
+product runs per tile, and zero or unit coefficients cost nothing. ``TILES`` says which
+output tile each kernel size uses; F(2x2, 3x3) (16 products for 36) and F(2x2, 5x5) (36
+for 100) keep float32 within the agreement tests' tolerances (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
+from fractions import Fraction
+from types import ModuleType
 
-from convforge.backends.numba_cpu.kernels.blas import gemm
+from convforge.backends import cache
+
+#: kernel size r -> output tile m of the F(m x m, r x r) variant a convolution runs
+TILES = {3: 2, 5: 2}
+
+#: the interpolation points, in the order they are taken (infinity is always the last)
+POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2))
+
+#: extra elements per row of V and M: with rows of exactly P elements the planes often
+#: lie a multiple of 4 KiB apart, the transforms' store (or load) streams then share one
+#: L1 set and the input transform ran 11x slower (VGG's 32x32 layer: 0.47 -> 0.043 ms/image)
+ROW_PAD = 8
+
+Matrix = list[list[Fraction]]
 
 
+def matrices(m: int, r: int) -> tuple[Matrix, Matrix, Matrix]:
+    """(A^T [m x a], G [a x r], B^T [a x a]) of F(m, r), a = m + r - 1, such that the
+    correlation ``y[i] = sum_k g[k] d[i + k]`` is ``A^T ((G g) * (B^T d))``.
+
+    Toom-Cook: the linear convolution s = h * g of lengths m and r is ``C ((E_m h) * (E_r
+    g))`` with E_k the evaluations at the points (infinity: the leading coefficient) and C
+    the interpolation; the correlation is its transpose in h, so A^T = E_m^T, G = E_r and
+    B^T = C^T. Column j of C is the coefficients of prod_{l != j} (x - p_l) / f_j (f_j that
+    product at p_j); the 1 / f_j moves into G, so B^T is integral up to the points +-2.
+    """
+    a = m + r - 1
+    if not 2 <= a <= len(POINTS) + 1:
+        raise ValueError(f"F({m}, {r}) needs {a} interpolation points: at most {len(POINTS) + 1}")
+    finite = POINTS[: a - 1]
+
+    def poly(roots) -> list[Fraction]:  # coefficients, lowest first, of prod (x - root)
+        c = [Fraction(1)]
+        for root in roots:
+            c = [(c[i - 1] if i else 0) - root * (c[i] if i < len(c) else 0) for i in range(len(c) + 1)]
+        return c
+
+    at = [[p**i for p in finite] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g, bt = [], []
+    for j, p in enumerate(finite):
+        others = finite[:j] + finite[j + 1 :]
+        f = Fraction(1)
+        for q in others:
+            f *= p - q
+        sign = 1 if f > 0 else -1  # B^T's row and G's row both negated: the product is the same
+        bt.append([sign * c for c in poly(others)] + [Fraction(0)])
+        g.append([sign * p**k / f for k in range(r)])
+    bt.append(poly(finite))
+    g.append([Fraction(int(k == r - 1)) for k in range(r)])
+    return at, g, bt
+
+
+# -- source generation ------------------------------------------------------------------
+class _Constants:
+    """The non-unit coefficient magnitudes an expression uses, bound once per function as
+    ``k<i> = dt(value)`` (a bare float literal would promote float32 arithmetic to float64)."""
+
+    def __init__(self, dtype: str | None) -> None:
+        self.dtype = dtype
+        self.names: dict[Fraction, str] = {}
+
+    def __call__(self, value: Fraction) -> str:
+        if self.dtype is None:  # float64 arithmetic: the literal itself
+            return repr(float(value))
+        return self.names.setdefault(value, f"k{len(self.names)}")
+
+    def lines(self, indent: int) -> list[str]:
+        pad = " " * indent
+        return [f"{pad}{name} = {self.dtype}({float(v)!r})" for v, name in self.names.items()]
+
+
+def _sum(coeffs, names, constants: _Constants) -> str:
+    """``sum coeffs[i] * names[i]`` written with adds and subtracts (zero terms dropped, a
+    magnitude all terms share factored out)."""
+    terms = [(c, name) for c, name in zip(coeffs, names, strict=True) if c != 0]
+    if not terms:
+        return "zero"
+    common = {abs(Fraction(c)) for c, _ in terms}
+    scale = common.pop() if len(common) == 1 and len(terms) > 1 else Fraction(1)
+    text = ""
+    for c, name in terms:
+        mag = abs(Fraction(c)) / scale
+        term = name if mag == 1 else f"{constants(mag)} * {name}"
+        if not text:
+            text = f"-{term}" if c < 0 else term
+        else:
+            text += f" - {term}" if c < 0 else f" + {term}"
+    return text if scale == 1 else f"{constants(scale)} * ({text})"
+
+
+def _at(p: int, q: int, pitch: str) -> str:
+    """``+ p * pitch + q`` (zeros dropped): the offset of row p, column q of a tile."""
+    text = "" if p == 0 else f" + {pitch}" if p == 1 else f" + {p} * {pitch}"
+    return text + (f" + {q}" if q else "")
+
+
+def _function(signature: str, constants: _Constants, body: list[str], *, typed_by: str = "") -> str:
+    """An njit function: ``dt`` (the dtype of argument ``typed_by``) and the constants
+    bound first."""
+    head = [f"@njit(cache=True)\ndef {signature}:"]
+    if typed_by:
+        head.append(f"    dt = {typed_by}.dtype.type")
+    head += constants.lines(4)
+    return "\n".join(head + body) + "\n"
+
+
+def variant_source(m: int, r: int) -> str:
+    """Source of the module of F(m x m, r x r): ``tile_counts``, ``transformed_weights``,
+    ``weight_transform_rows``, ``winograd_buffers``, ``input_transform``,
+    ``output_transform``, ``winograd_tiles`` (the forward) and ``output_transform_adjoint``,
+    ``weight_grad_tiles``, ``weight_grad_from_parts`` (the weight gradient), with ``M``,
+    ``R``, ``ALPHA`` and ``T = ALPHA**2`` (the GEMMs per image)."""
+    at, g, bt = matrices(m, r)
+    a = m + r - 1
+    rng_a, rng_m, rng_r = range(a), range(m), range(r)
+    parts = [
+        f"# Winograd F({m}x{m}, {r}x{r}), generated by convforge.backends.numba_cpu.kernels.winograd",
+        "import numpy as np",
+        "from numba import njit",
+        "",
+        "from convforge.backends.numba_cpu.kernels.blas import gemm",
+        "",
+        f"M = {m}\nR = {r}\nALPHA = {a}\nT = {a * a}\nROW_PAD = {ROW_PAD}",
+        "",
+        f"""
 @njit(cache=True)
-def weight_transform_rows(w, o0, o1, u):
-    """u[e, o, c] = (G w[o, c] G^T)[e // 4, e % 4] for o in [o0, o1)."""
-    C = w.shape[1]
-    half = w.dtype.type(0.5)
-    t = np.empty((4, 3), dtype=w.dtype)
-    for o in range(o0, o1):
-        for c in range(C):
-            g = w[o, c]
-            for j in range(3):
-                t[0, j] = g[0, j]
-                t[1, j] = half * (g[0, j] + g[1, j] + g[2, j])
-                t[2, j] = half * (g[0, j] - g[1, j] + g[2, j])
-                t[3, j] = g[2, j]
-            for i in range(4):
-                u[i * 4 + 0, o, c] = t[i, 0]
-                u[i * 4 + 1, o, c] = half * (t[i, 0] + t[i, 1] + t[i, 2])
-                u[i * 4 + 2, o, c] = half * (t[i, 0] - t[i, 1] + t[i, 2])
-                u[i * 4 + 3, o, c] = t[i, 2]
+def tile_counts(ho, wo):
+    return (ho + {m - 1}) // {m}, (wo + {m - 1}) // {m}
 
 
 @njit(cache=True)
 def transformed_weights(O, C, like):
-    """The [16, O, C] buffer of :func:`weight_transform_rows`, allocated outside the
-    parallel kernel's body."""
-    return np.empty((16, O, C), dtype=like.dtype)
-
-
-@njit(cache=True)
-def tile_counts(ho, wo):
-    """(tile rows, tile columns) of 2x2 output tiles covering an ho x wo output."""
-    return (ho + 1) // 2, (wo + 1) // 2
-
-
-#: extra elements per row of V and M: with rows of exactly P elements the 16 planes often
-#: lie a multiple of 4 KiB apart, the transforms' 16 store (or load) streams then share one
-#: L1 set and the input transform ran 11x slower (VGG's 32x32 layer: 0.47 -> 0.043 ms/image)
-ROW_PAD = 8
+    # allocated outside the parallel kernel's body
+    return np.empty(({a * a}, O, C), dtype=like.dtype)
 
 
 @njit(cache=True)
 def winograd_buffers(C, O, ho, wo, like):
-    """Per-chunk scratch: (padded image [C, 2*th+2, 2*tw+2], V [16, C, P], M [16, O, P],
-    conv output rows r [O, ho*wo]) for P = th*tw tiles; V and M are views of rows
-    ``ROW_PAD`` longer."""
+    # (padded image [C, m*th + r-1, m*tw + r-1], V [T, C, P], M [T, O, P], rows r [O, ho*wo]);
+    # V and M are views of rows ROW_PAD longer
     th, tw = tile_counts(ho, wo)
     P = th * tw
-    xp = np.empty((C, 2 * th + 2, 2 * tw + 2), dtype=like.dtype)
-    v = np.empty((16, C, P + ROW_PAD), dtype=like.dtype)[:, :, :P]
-    m = np.empty((16, O, P + ROW_PAD), dtype=like.dtype)[:, :, :P]
+    xp = np.empty((C, {m} * th + {r - 1}, {m} * tw + {r - 1}), dtype=like.dtype)
+    v = np.empty(({a * a}, C, P + ROW_PAD), dtype=like.dtype)[:, :, :P]
+    m = np.empty(({a * a}, O, P + ROW_PAD), dtype=like.dtype)[:, :, :P]
     r = np.empty((O, ho * wo), dtype=like.dtype)
     return xp, v, m, r
 
 
 @njit(cache=True)
-def bt4(a0, a1, a2, a3):
-    """B^T applied to a column of 4 values."""
-    return a0 - a2, a1 + a2, a2 - a1, a1 - a3
-
-
-@njit(cache=True)
-def input_transform(xp, th, tw, v):
-    """v[e, c, p] = (B^T d B)[e // 4, e % 4] for the 4x4 tile d of xp[c] at tile p.
-
-    Scalars, not a 4x4 scratch array: through an array LLVM cannot tell the scratch from
-    ``v`` and keeps every value in memory (4x slower at VGG's 32x32 layer)."""
-    C = xp.shape[0]
-    for c in range(C):
-        vc = v[:, c]
-        for ty in range(th):
-            r0 = xp[c, 2 * ty]
-            r1 = xp[c, 2 * ty + 1]
-            r2 = xp[c, 2 * ty + 2]
-            r3 = xp[c, 2 * ty + 3]
-            base = ty * tw
-            for tx in range(tw):
-                x0 = 2 * tx
-                p = base + tx
-                # B^T d: one transformed column per input column j
-                a0, a1, a2, a3 = bt4(r0[x0], r1[x0], r2[x0], r3[x0])
-                b0, b1, b2, b3 = bt4(r0[x0 + 1], r1[x0 + 1], r2[x0 + 1], r3[x0 + 1])
-                c0, c1, c2, c3 = bt4(r0[x0 + 2], r1[x0 + 2], r2[x0 + 2], r3[x0 + 2])
-                d0, d1, d2, d3 = bt4(r0[x0 + 3], r1[x0 + 3], r2[x0 + 3], r3[x0 + 3])
-                # (B^T d) B: the same on each row i = (a_i, b_i, c_i, d_i)
-                vc[0, p], vc[1, p], vc[2, p], vc[3, p] = bt4(a0, b0, c0, d0)
-                vc[4, p], vc[5, p], vc[6, p], vc[7, p] = bt4(a1, b1, c1, d1)
-                vc[8, p], vc[9, p], vc[10, p], vc[11, p] = bt4(a2, b2, c2, d2)
-                vc[12, p], vc[13, p], vc[14, p], vc[15, p] = bt4(a3, b3, c3, d3)
-
-
-@njit(cache=True)
-def output_transform(m, th, tw, ho, wo, r):
-    """r[o, y*wo + x] = (A^T m A) of tile p, cropped to the ho x wo output (ragged edges)."""
-    O = m.shape[1]
-    for o in range(O):
-        for ty in range(th):
-            for tx in range(tw):
-                p = ty * tw + tx
-                # rows of A^T m: s[a, j] for a in {0, 1}
-                s00 = m[0, o, p] + m[4, o, p] + m[8, o, p]
-                s01 = m[1, o, p] + m[5, o, p] + m[9, o, p]
-                s02 = m[2, o, p] + m[6, o, p] + m[10, o, p]
-                s03 = m[3, o, p] + m[7, o, p] + m[11, o, p]
-                s10 = m[4, o, p] - m[8, o, p] - m[12, o, p]
-                s11 = m[5, o, p] - m[9, o, p] - m[13, o, p]
-                s12 = m[6, o, p] - m[10, o, p] - m[14, o, p]
-                s13 = m[7, o, p] - m[11, o, p] - m[15, o, p]
-                y = 2 * ty
-                x = 2 * tx
-                row = y * wo + x
-                r[o, row] = s00 + s01 + s02
-                if x + 1 < wo:
-                    r[o, row + 1] = s01 - s02 - s03
-                if y + 1 < ho:
-                    r[o, row + wo] = s10 + s11 + s12
-                    if x + 1 < wo:
-                        r[o, row + wo + 1] = s11 - s12 - s13
-
-
-@njit(cache=True)
 def winograd_tiles(xp, u, ho, wo, v, m, r):
-    """r [O, ho*wo] = the 3x3 stride-1 convolution of the zero-padded image ``xp``
-    [C, 2*th+2, 2*tw+2], from the transformed weights ``u`` [16, O, C]."""
+    # r [O, ho*wo] = the stride-1 convolution of the zero-padded image xp from the
+    # transformed weights u [T, O, C]
     th, tw = tile_counts(ho, wo)
     input_transform(xp, th, tw, v)
-    for e in range(16):
+    for e in range({a * a}):
         gemm(False, False, 1.0, u[e], v[e], 0.0, m[e])
     output_transform(m, th, tw, ho, wo, r)
 
 
-# -- the weight gradient: the adjoint of the forward, per position e of the transformed tile --
-# y = A^T [U ⊙ V] A with U = G g G^T gives dU[e] = sum over tiles of dM[e] ⊙ V[e], with
-# dM = A dy A^T: per image 16 GEMMs dM[e] [O, tiles] @ V[e]^T [tiles, C], summed over the
-# batch, then dg = G^T dU G once per (o, c). V is the forward's input transform of x.
-
-
-@njit(cache=True)
-def output_transform_adjoint(gz, rw, th, tw, ho, wo, dm):
-    """dm[e, o, p] = (A dy A^T)[e // 4, e % 4] for the 2x2 tile dy of gz[o] (rows of pitch
-    rw) at tile p, zero outside the ho x wo output: the adjoint of :func:`output_transform`."""
-    zero = gz.dtype.type(0)
-    for o in range(gz.shape[0]):
-        g = gz[o]
-        for ty in range(th):
-            y = 2 * ty
-            for tx in range(tw):
-                x = 2 * tx
-                p = ty * tw + tx
-                row = y * rw + x
-                right = x + 1 < wo
-                d00 = g[row]
-                d01 = g[row + 1] if right else zero
-                d10 = zero
-                d11 = zero
-                if y + 1 < ho:
-                    d10 = g[row + rw]
-                    d11 = g[row + rw + 1] if right else zero
-                # A dy: rows (d0b, d0b + d1b, d0b - d1b, -d1b); then the same on each row
-                t00, t01 = d00, d01
-                t10, t11 = d00 + d10, d01 + d11
-                t20, t21 = d00 - d10, d01 - d11
-                t30, t31 = -d10, -d11
-                dm[0, o, p], dm[1, o, p], dm[2, o, p], dm[3, o, p] = t00, t00 + t01, t00 - t01, -t01
-                dm[4, o, p], dm[5, o, p], dm[6, o, p], dm[7, o, p] = t10, t10 + t11, t10 - t11, -t11
-                dm[8, o, p], dm[9, o, p], dm[10, o, p], dm[11, o, p] = t20, t20 + t21, t20 - t21, -t21
-                dm[12, o, p], dm[13, o, p], dm[14, o, p], dm[15, o, p] = t30, t30 + t31, t30 - t31, -t31
-
-
 @njit(cache=True)
 def weight_grad_tiles(xp, gz, rw, ho, wo, v, m, du):
-    """du[e] += dM[e] @ V[e]^T for one image: ``xp`` its zero-padded input (as the forward
-    pads it), ``gz`` [O, ho*rw] its conv-output gradient."""
+    # du[e] += dM[e] @ V[e]^T for one image: xp its zero-padded input (as the forward pads
+    # it), gz [O, ho*rw] its conv-output gradient
     th, tw = tile_counts(ho, wo)
     input_transform(xp, th, tw, v)
     output_transform_adjoint(gz, rw, th, tw, ho, wo, m)
-    for e in range(16):
+    for e in range({a * a}):
         gemm(False, True, 1.0, m[e], v[e], 1.0, du[e])
+""",
+    ]
+
+    # u[e, o, c] = (G g G^T)[e // a, e % a], in float64 (once per call: the rounding of
+    # 1/6 or 1/24 in float32 would add to Winograd's error)
+    k = _Constants(None)
+    body = [
+        "    C = w.shape[1]",
+        "    for o in range(o0, o1):",
+        "        for c in range(C):",
+        "            wc = w[o, c]",
+    ]
+    body += [f"            g{i}_{j} = np.float64(wc[{i}, {j}])" for i in rng_r for j in rng_r]
+    body += [
+        f"            t{p}_{j} = {_sum(g[p], [f'g{i}_{j}' for i in rng_r], k)}" for p in rng_a for j in rng_r
+    ]
+    body += [
+        f"            u[{p * a + q}, o, c] = {_sum(g[q], [f't{p}_{j}' for j in rng_r], k)}"
+        for p in rng_a
+        for q in rng_a
+    ]
+    parts.append(_function("weight_transform_rows(w, o0, o1, u)", k, body))
+
+    # v[e, c, p] = (B^T d B)[e // a, e % a] for the a x a tile d of xp[c] at tile p; scalars,
+    # not a scratch array: through an array LLVM cannot tell the scratch from v and keeps
+    # every value in memory (4x slower at VGG's 32x32 layer)
+    k = _Constants("dt")
+    body = [
+        "    C = xp.shape[0]",
+        "    for c in range(C):",
+        "        vc = v[:, c]",
+        "        for ty in range(th):",
+    ]
+    body += [f"            r{i} = xp[c, {m} * ty{_at(0, i, '')}]" for i in rng_a]
+    body += [
+        "            base = ty * tw",
+        "            for tx in range(tw):",
+        f"                x0 = {m} * tx",
+        "                p = base + tx",
+    ]
+    body += [f"                d{i}_{j} = r{i}[x0{_at(0, j, '')}]" for i in rng_a for j in rng_a]
+    # B^T d: one transformed column per input column j; then (B^T d) B along each row
+    body += [
+        f"                s{p}_{j} = {_sum(bt[p], [f'd{i}_{j}' for i in rng_a], k)}"
+        for p in rng_a
+        for j in rng_a
+    ]
+    body += [
+        f"                vc[{p * a + q}, p] = {_sum(bt[q], [f's{p}_{j}' for j in rng_a], k)}"
+        for p in rng_a
+        for q in rng_a
+    ]
+    parts.append(_function("input_transform(xp, th, tw, v)", k, body, typed_by="xp"))
+
+    # r[o, y*wo + x] = (A^T m A) of tile p, cropped to the ho x wo output (ragged edges)
+    k = _Constants("dt")
+    body = [
+        "    O = m.shape[1]",
+        "    for o in range(O):",
+        "        mo = m[:, o]",
+        "        ro = r[o]",
+        "        for ty in range(th):",
+        f"            y = {m} * ty",
+        "            for tx in range(tw):",
+        "                p = ty * tw + tx",
+        f"                x = {m} * tx",
+        "                row = y * wo + x",
+    ]
+    body += [
+        f"                s{p}_{j} = {_sum(at[p], [f'mo[{i * a + j}, p]' for i in rng_a], k)}"
+        for p in rng_m
+        for j in rng_a
+    ]
+    for p in rng_m:
+        pad = " " * 16
+        if p:
+            body.append(f"{pad}if y + {p} < ho:")
+            pad += "    "
+        for q in rng_m:
+            value = _sum(at[q], [f"s{p}_{j}" for j in rng_a], k)
+            if q:
+                body.append(f"{pad}if x + {q} < wo:")
+                body.append(f"{pad}    ro[row{_at(p, q, 'wo')}] = {value}")
+            else:
+                body.append(f"{pad}ro[row{_at(p, q, 'wo')}] = {value}")
+    parts.append(_function("output_transform(m, th, tw, ho, wo, r)", k, body, typed_by="m"))
+
+    # dm[e, o, p] = (A dy A^T)[e // a, e % a] for the m x m tile dy of gz[o] (rows of pitch
+    # rw) at tile p, zero outside the ho x wo output: the adjoint of output_transform
+    k = _Constants("dt")
+    body = [
+        "    zero = dt(0)",
+        "    for o in range(gz.shape[0]):",
+        "        go = gz[o]",
+        "        for ty in range(th):",
+        f"            y = {m} * ty",
+        "            for tx in range(tw):",
+        f"                x = {m} * tx",
+        "                p = ty * tw + tx",
+        "                row = y * rw + x",
+    ]
+    for p in rng_m:
+        for q in rng_m:
+            inside = " and ".join(([f"y + {p} < ho"] if p else []) + ([f"x + {q} < wo"] if q else []))
+            load = f"go[row{_at(p, q, 'rw')}]"
+            body.append(f"                d{p}_{q} = {f'{load} if {inside} else zero' if inside else load}")
+    body += [
+        f"                t{i}_{q} = {_sum([at[p][i] for p in rng_m], [f'd{p}_{q}' for p in rng_m], k)}"
+        for i in rng_a
+        for q in rng_m
+    ]
+    body += [
+        f"                dm[{i * a + j}, o, p] = "
+        + _sum([at[q][j] for q in rng_m], [f"t{i}_{q}" for q in rng_m], k)
+        for i in rng_a
+        for j in rng_a
+    ]
+    parts.append(_function("output_transform_adjoint(gz, rw, th, tw, ho, wo, dm)", k, body, typed_by="gz"))
+
+    # gw[o, c] = G^T (sum over chunks of du[:, :, o, c]) G: the adjoint of
+    # weight_transform_rows, in float64
+    k = _Constants(None)
+    body = [
+        "    O, C = gw.shape[0], gw.shape[1]",
+        "    chunks = du.shape[0]",
+        "    for o in range(O):",
+        "        for c in range(C):",
+    ]
+    for e in range(a * a):
+        body += [
+            f"            u{e} = 0.0",
+            "            for t in range(chunks):",
+            f"                u{e} += du[t, {e}, o, c]",
+        ]
+    # G^T applied to each row of dU, then to each column of the result
+    body += [
+        f"            t{p}_{j} = {_sum([g[q][j] for q in rng_a], [f'u{p * a + q}' for q in rng_a], k)}"
+        for p in rng_a
+        for j in rng_r
+    ]
+    body += [
+        f"            gw[o, c, {i}, {j}] = {_sum([g[p][i] for p in rng_a], [f't{p}_{j}' for p in rng_a], k)}"
+        for i in rng_r
+        for j in rng_r
+    ]
+    parts.append(_function("weight_grad_from_parts(du, gw)", k, body))
+    return "\n\n".join(parts)
 
 
-@njit(cache=True)
-def weight_grad_from_parts(du, gw):
-    """gw[o, c] = G^T (sum over chunks of du[:, :, o, c]) G: the adjoint of
-    :func:`weight_transform_rows`, in float64."""
-    O, C = gw.shape[0], gw.shape[1]
-    u = np.empty(16)
-    t = np.empty((4, 3))
-    for o in range(O):
-        for c in range(C):
-            for e in range(16):
-                acc = 0.0
-                for k in range(du.shape[0]):
-                    acc += du[k, e, o, c]
-                u[e] = acc
-            for i in range(4):  # G^T applied to each row of dU
-                u0, u1, u2, u3 = u[4 * i], u[4 * i + 1], u[4 * i + 2], u[4 * i + 3]
-                t[i, 0] = u0 + 0.5 * (u1 + u2)
-                t[i, 1] = 0.5 * (u1 - u2)
-                t[i, 2] = 0.5 * (u1 + u2) + u3
-            for j in range(3):  # and to each column of the result
-                gw[o, c, 0, j] = t[0, j] + 0.5 * (t[1, j] + t[2, j])
-                gw[o, c, 1, j] = 0.5 * (t[1, j] - t[2, j])
-                gw[o, c, 2, j] = 0.5 * (t[1, j] + t[2, j]) + t[3, j]
+_VARIANTS: dict[tuple[int, int], ModuleType] = {}
+
+
+def variant(m: int, r: int) -> ModuleType:
+    """The compiled-on-first-call module of F(m x m, r x r) (:func:`variant_source`),
+    written to the kernel cache once and shared by every kernel that runs it."""
+    if (m, r) not in _VARIANTS:
+        _VARIANTS[m, r] = cache.load_module(variant_source(m, r), prefix="winograd")
+    return _VARIANTS[m, r]
+
+
+#: what a generated kernel calls from its variant's module
+_KERNEL_NAMES = (
+    "transformed_weights",
+    "weight_grad_from_parts",
+    "weight_grad_tiles",
+    "weight_transform_rows",
+    "winograd_buffers",
+    "winograd_tiles",
+)
+
+
+def winograd_imports(r: int) -> str:
+    """The lines of a generated kernel's source that bind the functions of the variant for
+    r x r kernels (:func:`variant`) and its GEMM count ``WINOGRAD_T``."""
+    lines = [
+        "from convforge.backends.numba_cpu.kernels.winograd import variant",
+        "",
+        f"_winograd = variant({tile_size(r)}, {r})",
+        "WINOGRAD_T = _winograd.T",
+        *(f"{name} = _winograd.{name}" for name in _KERNEL_NAMES),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def tile_size(r: int) -> int:
+    """The output tile m of the variant an r x r convolution runs (``TILES``)."""
+    return TILES[r]
+
+
+def tile_counts(ho: int, wo: int, m: int) -> tuple[int, int]:
+    """(tile rows, tile columns) of m x m output tiles covering an ho x wo output."""
+    return -(-ho // m), -(-wo // m)
