@@ -102,7 +102,8 @@ def test_cost_model_and_override(monkeypatch):
     monkeypatch.delenv(conv_kernels.ALGO_ENV, raising=False)
     assert conv_kernels.conv_algorithm(_conv_node(1, 6, 28, 5, padding=2))[0] == "direct"
     assert conv_kernels.conv_algorithm(_conv_node(8, 16, 12, 5))[0] == "direct"
-    assert conv_kernels.conv_algorithm(_conv_node(32, 64, 14, 5, padding=2))[0] == "im2col"
+    assert conv_kernels.conv_algorithm(_conv_node(32, 64, 14, 5, padding=2))[0] == "winograd"
+    assert conv_kernels.conv_algorithm(_conv_node(32, 64, 14, 7, padding=3))[0] == "im2col"
     assert conv_kernels.conv_algorithm(_conv_node(64, 64, 16, padding=1))[0] == "winograd"
     assert conv_kernels.conv_algorithm(_conv_node(3, 32, 32, stride=2))[0] == "im2col"
     assert conv_kernels.conv_algorithm(_conv_node(4, 8, 32, groups=2))[0] == "im2col"
