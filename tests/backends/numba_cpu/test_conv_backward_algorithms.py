@@ -1,9 +1,10 @@
-"""The gradient products of conv2d -> batch_norm_train -> [activation] on numba-cpu's
-algorithms: the weight gradient in Winograd tiles (3x3 and 5x5), the input gradient as the stride-1 conv
-of the padded output gradient (``conv.gradient_as_conv``) on the Winograd tiles or the
-direct micro-kernels. Gradients agree with the f64 reference and torch f32 on ragged tiles,
-every padding from 0 to past (k-1)*d (which falls back to im2col), dilation, non-square
-kernels, stride 2 and batch 1; the cost model's choices are named in the source."""
+"""The gradient products of conv2d -> batch_norm_train -> [activation] and of conv2d ->
+activation -> max pool on numba-cpu's algorithms: the weight gradient in Winograd tiles
+(3x3 and 5x5), the input gradient as the stride-1 conv of the padded output gradient
+(``conv.gradient_as_conv``) on the Winograd tiles or the direct micro-kernels. Gradients
+agree with the f64 reference and torch f32 on ragged tiles, every padding from 0 to past
+(k-1)*d (which falls back to im2col), dilation, non-square kernels, stride 2 and batch 1;
+the cost model's choices are named in the source."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ SHAPES = [
 # compile of its own)
 SHAPES_5X5 = [(2, 3, 4, 9, 7, 5, 2, 1, 1), (1, 2, 3, 6, 8, 5, 1, 1, 1)]
 CASES = [(a, s) for a in ("winograd", "direct") for s in SHAPES] + [("winograd", s) for s in SHAPES_5X5]
+#: the fused backward regions whose products these are, by the layer before the conv's gradient
+HEADS = ("batch_norm", "max_pool")
 
 
 def _case_id(value) -> str:
@@ -49,6 +52,14 @@ def conv_bn(shape) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(c, o, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
         nn.BatchNorm2d(o), nn.ReLU(), nn.Flatten(),
+    )  # fmt: skip
+
+
+def conv_pool(shape) -> nn.Module:
+    _, c, o, _, _, kernel, padding, dilation, stride = shape
+    return nn.Sequential(
+        nn.Conv2d(c, o, kernel, stride=stride, padding=padding, dilation=dilation),
+        nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(),
     )  # fmt: skip
 
 
@@ -77,11 +88,12 @@ def _lines(step, what: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip().startswith(f"# conv {what}")]
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize(("algorithm", "shape"), CASES, ids=_case_id)
-def test_gradients_match_reference_f64_and_torch_f32(monkeypatch, algorithm, shape):
+def test_gradients_match_reference_f64_and_torch_f32(monkeypatch, algorithm, shape, head):
     monkeypatch.setenv(conv_kernels.ALGO_ENV, algorithm)
     cf.manual_seed(sum(shape[:5]))
-    model = _with_head(conv_bn(shape), shape)
+    model = _with_head(conv_bn(shape) if head == "batch_norm" else conv_pool(shape), shape)
     x, y = _data(shape, np.float64)
     ours = _step(model, shape, "float64")
     loss, grads = ours.gradients(x, y)

@@ -16,8 +16,9 @@ That turns im2col from a gather of short rows into ``kh*kw*C`` memcpys: LeNet's 
 forward went from 1.03 ms to 0.32 ms at batch 64 (conv2: 0.78 -> 0.46 ms). The backward
 products use the same layout, with the output gradient widened by zero columns.
 
-In training, ``conv2d_backward_fused`` computes all of a conv -> activation -> max-pool
-layer's gradients from the pooled gradient and the one-byte argmax, image by image.
+In training, the kernel of :func:`pool_backward_source` computes all of a conv -> activation
+-> max-pool layer's gradients from the pooled gradient and the one-byte argmax, image by
+image, with the gradient products of :func:`gradient_products_source`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.blas import copy_run, gemm
 from convforge.backends.numba_cpu.kernels.direct import MAX_WIDTH, micro_kernels_source
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
-from convforge.backends.numba_cpu.kernels.pool import scatter_pooled_grad, window
+from convforge.backends.numba_cpu.kernels.pool import window
 from convforge.backends.numba_cpu.kernels.winograd import TILES, tile_counts, tile_size, winograd_imports
 from convforge.errors import BackendError
 from convforge.ir import scalar
@@ -380,54 +381,189 @@ def conv2d_backward_weight(x, gy, sh, sw, ph, pw, dh, dw, groups, ho, wo, nt, gw
     sum_parts_t(part, gw.reshape(O, kg))
 
 
-# -- the fused backward of conv -> activation -> max pool (training) -------------------------
-@njit(cache=True)
-def fused_backward_chunk(gp, yp, am, act, pool, x, w2, geometry, t, chunks, want_gx, part_w, part_b, gx):
-    """Images t, t + chunks, ...: weight and bias gradients into the parts, input gradient into gx.
+# -- the generated backward of a conv region (training) -------------------------------------
+# A region's head rebuilds each image's conv-output gradient in scratch (``gz``, row pitch
+# ``rw``: the max pool's scatter to the argmax here, the batch norm's affine in
+# ``norm.norm_backward_source``), and the conv's gradient products run on it while it is in
+# cache: the weight gradient as an im2col GEMM or in Winograd tiles, the input gradient as
+# the im2col GEMM's transpose, or placed in the padded layout of the stride-1 conv that
+# computes it (``gradient_as_conv``) and run on the Winograd tiles or the direct
+# micro-kernels. The algorithms are runtime arguments (the scratch of one not taken is
+# empty): every variant compiled separately cost 8-11 s of cold compile each; only the
+# direct micro-kernels, written out per kernel width, make a source of their own.
+#: the input gradient's algorithm as the kernels' runtime argument: its index here
+INPUT_GRAD_ALGORITHMS = ("im2col", "winograd", "direct")
 
-    ``act`` is (kind, p, q) as in ``activation.act_grad``, ``pool`` (kh, kw, sh, sw, ph, pw)
-    of the pool window and ``geometry`` (kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo) of the convolution.
+# Lines marked W| are the Winograd products', written in only where one of them runs
+# Winograd (N| lines stand in for them elsewhere): the variant's code in a kernel that never
+# takes it made LeNet-5's cold compile 20.6 -> 35.7 s (the whole training program)
+_PRODUCTS = """\
+from convforge.backends.numba_cpu.kernels.conv import (
+    direct_buffers, flipped_weights, input_grad_image, new_parts, pad_image, place_rows,
+    scratch_buffers, store_image, sum_parts_t, weight_grad_image,
+)
+{winograd}
+
+{micro}@njit(cache=True)
+def gradient_scratch(x, O, kg, geometry, grad):
+    # one thread's: (im2col buffers with gz and rw), the input gradient's direct buffers,
+    # the weight and input gradients' Winograd buffers; those of an algorithm not taken are empty
+    kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
+    wino_w, alg_in = grad[0], grad[1]
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    dg = alg_in == 2
+W|    wg = alg_in == 1
+    return (
+        scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, x),
+        direct_buffers(O if dg else 0, C if dg else 0, kh, kw, dh, dw, H, W, x),
+W|        winograd_buffers(C if wino_w else 0, O if wino_w else 0, ho, wo, x),
+W|        winograd_buffers(O if wg else 0, C if wg else 0, H, W, x),
+    )
+
+
+@njit(cache=True)
+def image_gradients(x, n, w2, wf, u, geometry, grad, want_gx, scratch, part, gx):
+    # image n's weight gradient into part, its input gradient into gx, from scratch's gz
+    kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
+    wino_w, alg_in, pt, pl = grad
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    col, xp, gz, rw = scratch[0]
+    dgp, dr, drg = scratch[1]
+W|    wxp, wv, wm, _ = scratch[2]
+W|    igp, iv, im, ir = scratch[3]
+W|    if wino_w:
+W|        pad_image(x, n, ph, pw, wxp)
+W|        weight_grad_tiles(wxp, gz, rw, ho, wo, wv, wm, part.reshape(WINOGRAD_T, gz.shape[0], C))
+W|    else:
+W|        weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
+N|    weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
+    if not want_gx:
+        return
+    if alg_in == 0:
+        input_grad_image(gz, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, gx)
+W|    elif alg_in == 1:
+W|        place_rows(gz, rw, ho, wo, pt, pl, igp)
+W|        winograd_tiles(igp, u, H, W, iv, im, ir)
+W|        store_image(ir, W, n, gx)
+{direct}
+
+W|@njit(cache=True, parallel=True)
+N|@njit(cache=True)
+def gradient_weights(w, x, grad, nt):
+    # the input gradient's weights: flipped, and transformed when it runs on Winograd tiles
+    alg_in = grad[1]
+    wf = flipped_weights(w)
+{check}N|    if grad[0] or alg_in == 1:
+N|        raise ValueError("Winograd gradient products asked of a kernel compiled without them")
+N|    u = np.empty((0, 0, 0), dtype=w.dtype)
+W|    u = transformed_weights(x.shape[1] if alg_in == 1 else 0, w.shape[0], x)
+W|    chunks = max(1, min(u.shape[1], nt))
+W|    step = (u.shape[1] + chunks - 1) // chunks
+W|    for t in prange(chunks):
+W|        weight_transform_rows(wf, t * step, min(u.shape[1], (t + 1) * step), u)
+    return wf, u
+
+
+@njit(cache=True)
+def weight_grad_parts(chunks, w, wino_w):
+    # one thread's weight gradient each: [kg, O] in im2col's layout, [T * O, C] in Winograd's
+    O, cg, kh, kw = w.shape
+W|    if wino_w:
+W|        return new_parts(chunks, WINOGRAD_T * O, cg, w)
+    return new_parts(chunks, cg * kh * kw, O, w)
+
+
+@njit(cache=True)
+def weight_grad_sum(part, wino_w, gw):
+    O, cg, kh, kw = gw.shape
+W|    if wino_w:
+W|        weight_grad_from_parts(part.reshape(part.shape[0], WINOGRAD_T, O, cg), gw)
+W|        return
+    sum_parts_t(part, gw.reshape(O, cg * kh * kw))
+"""
+
+_DIRECT = """\
+    elif alg_in == 2:
+        place_rows(gz, rw, ho, wo, pt, pl, dgp)
+        direct_rows(dgp, wf, 0, C, kh, dh, dw, H, dr)
+        store_image(dr, drg, n, gx)
+"""
+
+
+def gradient_products_source(kw: int = 0, r: int = 0) -> str:
+    """The helpers a generated conv-region backward calls: ``gradient_scratch``,
+    ``image_gradients``, ``gradient_weights``, ``weight_grad_parts``, ``weight_grad_sum``.
+
+    Their ``grad`` argument is (weight gradient on Winograd, input gradient algorithm: the
+    index in ``INPUT_GRAD_ALGORITHMS``, and the top and left padding of the input
+    gradient's conv, :func:`gradient_as_conv`). With ``r`` the Winograd products are written
+    in, on the variant for r x r kernels (``winograd.TILES``); with ``kw`` the direct
+    micro-kernels for that kernel width, which the input gradient may then take.
     """
+    fields = {"micro": "", "direct": "", "check": "", "winograd": winograd_imports(r) if r else ""}
+    if kw:
+        fields["micro"] = micro_kernels_source(kw) + "\n\n"
+        fields["direct"] = _DIRECT
+        fields["check"] = "    if alg_in == 2:\n        check_width(wf)\n"
+    drop = "N|" if r else "W|"
+    lines = _PRODUCTS.format(**fields).splitlines()
+    kept = (line[2:] if line[:2] in ("W|", "N|") else line for line in lines if line[:2] != drop)
+    return "\n".join(kept) + "\n"
+
+
+_POOL_BACKWARD = """\
+import numpy as np
+from numba import njit, prange
+
+from convforge.backends.numba_cpu.kernels.pool import scatter_pooled_grad
+{products}
+
+@njit(cache=True)
+def chunk(gp, yp, am, act, pool, x, w2, wf, u, geometry, grad, t, chunks, want_gx, part_w, part_b, gx):
     kind, p, q = act
     pkh, pkw, psh, psw, pph, ppw = pool
-    kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
-    N, C = x.shape[0], x.shape[1]
-    O, kg = w2.shape
-    col, xp, gz, rw = scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, x)
+    ho, wo = geometry[9], geometry[10]
+    scratch = gradient_scratch(x, gp.shape[1], w2.shape[1], geometry, grad)
+    gz, rw = scratch[0][2], scratch[0][3]
     part_w[:] = 0
     part_b[:] = 0
-    for n in range(t, N, chunks):
+    for n in range(t, x.shape[0], chunks):
         scatter_pooled_grad(gp, yp, am, n, kind, p, q, pkh, pkw, psh, psw, pph, ppw, ho, wo, rw, gz, part_b)
-        weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part_w)
-        if want_gx:
-            # col is free again: it takes the column gradient W^T @ gz
-            input_grad_image(gz, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, gx)
+        image_gradients(x, n, w2, wf, u, geometry, grad, want_gx, scratch, part_w, gx)
 
 
 @njit(cache=True, parallel=True)
-def conv2d_backward_fused(gp, yp, am, act, pool, x, w, conv, nt, gw, gb, gx):
-    """All gradients of conv2d -> activation -> max_pool2d_argmax from the pooled gradient ``gp``.
-
-    ``conv`` is (sh, sw, ph, pw, dh, dw, groups, ho, wo). gw and gb (when ``gb`` has O
-    entries) are summed over the batch; gx is written when it has N images (the first conv
-    layer, whose input gradient nobody reads, passes none).
-    """
+def kernel(gp, yp, am, act, pool, x, w, conv, grad, nt, gw, gb, gx):
     O, cg, kh, kw = w.shape
-    kg = cg * kh * kw
     N = x.shape[0]
-    w2 = w.reshape(O, kg)
-    geometry = (kh, kw) + conv
+    w2 = w.reshape(O, cg * kh * kw)
+    wf, u = gradient_weights(w, x, grad, nt)
     chunks = max(1, min(N, nt))
-    part_w = new_parts(chunks, kg, O, gw)
+    part_w = weight_grad_parts(chunks, w, grad[0])
     part_b = new_parts(chunks, 1, O, gw)
     want_gx = gx.shape[0] == N
     for t in prange(chunks):
-        fused_backward_chunk(
-            gp, yp, am, act, pool, x, w2, geometry, t, chunks, want_gx, part_w[t], part_b[t, 0], gx
+        chunk(
+            gp, yp, am, act, pool, x, w2, wf, u, (kh, kw) + conv, grad, t, chunks, want_gx,
+            part_w[t], part_b[t, 0], gx,
         )
-    sum_parts_t(part_w, gw.reshape(O, kg))
+    weight_grad_sum(part_w, grad[0], gw)
     if gb.shape[0] == O:
         sum_parts_t(part_b, gb.reshape(O, 1))
+"""
+
+
+def pool_backward_source(kw: int = 0, r: int = 0) -> str:
+    """Source of the backward of conv2d -> activation -> max_pool2d_argmax from the pooled
+    gradient: ``kernel(gp, yp, am, act, pool, x, w, conv, grad, nt, gw, gb, gx)``.
+
+    ``act`` is (kind, p, q) as in ``activation.act_grad``, ``pool`` the window (kh, kw, sh,
+    sw, ph, pw), ``conv`` (sh, sw, ph, pw, dh, dw, groups, ho, wo) and ``grad``, ``kw`` and
+    ``r`` as in :func:`gradient_products_source`. gw and gb (when ``gb`` has O entries) are
+    summed over the batch; gx is written when it has N images (the first conv layer, whose
+    input gradient nobody reads, passes none).
+    """
+    return _POOL_BACKWARD.format(products=gradient_products_source(kw, r))
 
 
 # -- the generated forward kernel ---------------------------------------------------------
@@ -628,10 +764,13 @@ WINOGRAD_MIN_MACS = 65536
 #: direct 11.0, im2col 10.2)
 DIRECT_MAX_CHANNELS = 8
 DIRECT_MIN_PLANE = 1024
-#: the weight gradient's Winograd GEMMs contract over the tiles of a plane: from 8x8 tiles
-#: (16x16 outputs) on they won (batch 64, the fused batch-norm backward: 64 -> 64 at 16x16,
-#: 18.2 against 19.4 ms), at 4x4 tiles they lost (64 -> 128 at 8x8: 13.3 against 12.4)
-WINOGRAD_WEIGHT_MIN_TILES = 64
+#: kernel size -> the fewest tiles on which the weight gradient takes Winograd (its GEMMs
+#: contract over the tiles of a plane). 3x3: from 8x8 tiles (16x16 outputs) on they won
+#: (batch 64, the fused batch-norm backward: 64 -> 64 at 16x16, 18.2 against 19.4 ms), at
+#: 4x4 tiles they lost (64 -> 128 at 8x8: 13.3 against 12.4). 5x5 saves more (2.78x):
+#: 7x7 tiles won (Deep MNIST's 32 -> 64 at 14x14, the fused max-pool backward, weight
+#: gradient alone: 12.6 against 15.2 ms)
+WINOGRAD_WEIGHT_MIN_TILES = {3: 64, 5: 49}
 
 
 def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tuple[str, str]:
@@ -831,7 +970,7 @@ def weight_grad_algorithm(node: Node) -> tuple[str, str]:
     the forward's, ``winograd.weight_grad_tiles``) or ``im2col``.
 
     The cost model takes Winograd for at least ``WINOGRAD_MIN_CHANNELS`` channels each way
-    and ``WINOGRAD_WEIGHT_MIN_TILES`` tiles; ``$CONVFORGE_CONV_ALGO`` overrides it
+    and ``WINOGRAD_WEIGHT_MIN_TILES`` tiles for the kernel size; ``$CONVFORGE_CONV_ALGO`` overrides it
     (``direct`` has no weight-gradient kernel: im2col).
     """
     x, gy = node.inputs[0], node.inputs[1]
@@ -849,8 +988,8 @@ def weight_grad_algorithm(node: Node) -> tuple[str, str]:
     th, tw = tile_counts(*_plane(forward), tile_size(r))
     if min(c, o) < WINOGRAD_MIN_CHANNELS:
         return "im2col", f"{c} -> {o} channels: fewer than {WINOGRAD_MIN_CHANNELS} for winograd"
-    if th * tw < WINOGRAD_WEIGHT_MIN_TILES:
-        return "im2col", f"{th}x{tw} tiles: fewer than {WINOGRAD_WEIGHT_MIN_TILES} for winograd"
+    if th * tw < WINOGRAD_WEIGHT_MIN_TILES[r]:
+        return "im2col", f"{th}x{tw} tiles: fewer than {WINOGRAD_WEIGHT_MIN_TILES[r]} for winograd"
     return "winograd", f"{_winograd_name(r)}, {c} -> {o} channels, {th}x{tw} tiles: {_winograd_gain(r)}"
 
 

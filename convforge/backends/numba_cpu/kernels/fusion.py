@@ -7,16 +7,19 @@ The patterns are described in :mod:`convforge.ir.ops.fusion`:
 * :class:`PoolBackward` (``[act_backward] -> max_pool2d_backward_argmax``): the gradient is
   masked at the pooled position and scattered through the stored argmax in one pass.
 * :class:`ConvBackward` (that pair, then the conv's weight [bias] [input] gradients): one
-  kernel rebuilds each image's conv-output gradient from the pooled one and runs both GEMMs.
+  kernel rebuilds each image's conv-output gradient from the pooled one and runs the conv's
+  gradient products on it, as the batch-norm backward below does.
 * :class:`NormForward` (``conv2d -> batch_norm_train [-> activation]``): the conv kernel,
   then one kernel taking the batch statistics in one pass and applying the normalisation,
   affine and activation in one more.
 * :class:`NormBackward` (``[act_backward] -> batch_norm_backward -> conv gradients``): one
   kernel reduces the two per-channel sums, then rebuilds each image's conv-output gradient
-  in scratch and runs the weight gradient (im2col GEMM or Winograd tiles) and the input
-  gradient (im2col, or the stride-1 conv of ``conv.gradient_as_conv`` on Winograd or the
-  direct micro-kernels) on it; ``# conv weight gradient:`` / ``# conv input gradient:``
-  lines in the driver say which and why.
+  in scratch and runs the conv's gradient products on it.
+
+The gradient products (``conv.gradient_products_source``) are the weight gradient (im2col
+GEMM or Winograd tiles) and the input gradient (im2col, or the stride-1 conv of
+``conv.gradient_as_conv`` on Winograd or the direct micro-kernels); ``# conv weight
+gradient:`` / ``# conv input gradient:`` lines in the driver say which and why.
 """
 
 from __future__ import annotations
@@ -96,13 +99,40 @@ def _conv_backward(ctx, found: ConvBackward, ins: list[str], outs: list[str], no
     gb = by_out[id(found.bias.outputs[0])] if found.bias is not None else ctx.zeros(0, dtype, "no_bias_grad")
     gx = by_out[id(found.grad_input.outputs[0])] if found.grad_input is not None else ctx.dummy(4, dtype)
     gz = found.pool.outputs[0].type
-    k = ctx.static(conv.conv2d_backward_fused, "conv2d_backward_fused")
     geometry = (*conv.conv_params(found.weight), gz.shape[2], gz.shape[3])
-    act = act_text(found.activation)
-    ctx.line(
-        f"{k}({gp}, {yp}, {am}, act={act}, pool=({window(found.pool.attrs)}), x={x}, w={w}, "
-        f"conv={geometry}, nt=T, gw={gw}, gb={gb}, gx={gx})"
+    grad, direct_kw, r = _gradient_products(ctx, found.weight, found.grad_input)
+    k = ctx.generated(
+        ("conv2d_pool_backward", direct_kw, r),
+        conv.pool_backward_source(direct_kw, r),
+        " -> ".join(n.op for n in node.region.nodes) + (f" [direct k{direct_kw}]" if direct_kw else ""),
     )
+    ctx.line(
+        f"{k}({gp}, {yp}, {am}, act={act_text(found.activation)}, pool=({window(found.pool.attrs)}), "
+        f"x={x}, w={w}, conv={geometry}, grad={grad}, nt=T, gw={gw}, gb={gb}, gx={gx})"
+    )
+
+
+def _gradient_products(ctx, weight: Node, grad_input: Node | None) -> tuple[tuple, int, int]:
+    """(the ``grad`` argument, direct kernel width or 0, Winograd kernel size or 0) of a fused
+    conv backward (``conv.gradient_products_source``) for its weight-gradient node and
+    input-gradient node, with driver comments saying which algorithm each runs and why."""
+    weight_algorithm, weight_why = conv.weight_grad_algorithm(weight)
+    input_algorithm, input_why, kw, pads = "im2col", "", 0, (0, 0)
+    as_conv = conv.gradient_as_conv(grad_input) if grad_input is not None else None
+    if as_conv is not None:
+        tune = bool(ctx.graph.meta.get("tune"))
+        input_algorithm, input_why = conv.conv_algorithm(as_conv, tune=tune, gradient=True)
+        kw, pads = as_conv.inputs[1].shape[-1], conv.conv_params(as_conv)[2:4]
+    elif grad_input is not None:
+        input_why = "its stride, groups or padding make it no stride-1 conv of the output gradient"
+    ctx.line(f"# conv weight gradient: {weight_algorithm} ({weight_why})")
+    if grad_input is not None:
+        ctx.line(f"# conv input gradient: {input_algorithm} ({input_why})")
+    direct_kw = kw if input_algorithm == "direct" else 0
+    # the Winograd variant the products run (0: none, and no Winograd code in the kernel)
+    r = weight.outputs[0].shape[-1] if "winograd" in (weight_algorithm, input_algorithm) else 0
+    grad = (weight_algorithm == "winograd", conv.INPUT_GRAD_ALGORITHMS.index(input_algorithm), *pads)
+    return grad, direct_kw, r
 
 
 def _planes(ctx, value: Value, expr: str) -> str:
@@ -149,25 +179,10 @@ def _norm_backward(ctx, found: NormBackward, operand, outs: list[str], node: Nod
         f"{', '.join(planes)}, {operand(bw)}, {operand(mean)}, {operand(invstd)}, "
         f"act={act_text(found.activation)}, x={operand(weight.inputs[0])}, w={w}, conv={geometry}"
     )
-    tune = bool(ctx.graph.meta.get("tune"))
-    weight_algorithm, weight_why = conv.weight_grad_algorithm(weight)
-    input_algorithm, input_why, kw, pads = "im2col", "", 0, (0, 0)
-    as_conv = conv.gradient_as_conv(found.grad_input) if found.grad_input is not None else None
-    if as_conv is not None:
-        input_algorithm, input_why = conv.conv_algorithm(as_conv, tune=tune, gradient=True)
-        kw, pads = as_conv.inputs[1].shape[-1], conv.conv_params(as_conv)[2:4]
-    elif found.grad_input is not None:
-        input_why = "its stride, groups or padding make it no stride-1 conv of the output gradient"
-    direct_kw = kw if input_algorithm == "direct" else 0
-    # the Winograd variant both products would run (3x3's where the conv has none)
-    r = weight.outputs[0].shape[-1] if "winograd" in (weight_algorithm, input_algorithm) else 3
+    grad, direct_kw, r = _gradient_products(ctx, weight, found.grad_input)
     k = ctx.generated(
         ("conv2d_batch_norm_backward", direct_kw, r),
         norm.norm_backward_source(direct_kw, r),
-        " -> ".join(n.op for n in node.region.nodes) + (f" [direct k{kw}]" if direct_kw else ""),
+        " -> ".join(n.op for n in node.region.nodes) + (f" [direct k{direct_kw}]" if direct_kw else ""),
     )
-    ctx.line(f"# conv weight gradient: {weight_algorithm} ({weight_why})")
-    if found.grad_input is not None:
-        ctx.line(f"# conv input gradient: {input_algorithm} ({input_why})")
-    grad = (weight_algorithm == "winograd", norm.INPUT_GRAD_ALGORITHMS.index(input_algorithm), *pads)
     ctx.line(f"{k}({args}, grad={grad}, nt=T, gbw={gbw}, gbb={gbb}, gw={gw}, gx={gx})")

@@ -14,9 +14,8 @@ from numba import njit, prange
 
 from convforge.backends.numba_cpu.kernels import lowering
 from convforge.backends.numba_cpu.kernels.activation import act_grad_row
-from convforge.backends.numba_cpu.kernels.direct import micro_kernels_source
+from convforge.backends.numba_cpu.kernels.conv import gradient_products_source
 from convforge.backends.numba_cpu.kernels.epilogue import epilogue_lines, indent
-from convforge.backends.numba_cpu.kernels.winograd import winograd_imports
 from convforge.ir import scalar
 from convforge.ir.ops import rng
 
@@ -255,113 +254,52 @@ def conv_output_grad(ga, a, z, sums, act, n, ho, wo, rw, gz):
 # reduces g = act'(a) * ga and g * x_hat per channel (the batch norm's bias and weight
 # gradients); pass 2, per image, rebuilds the conv-output gradient
 # bw * invstd / m * (m * g - sum g - x_hat * sum g x_hat) in scratch and runs the conv's
-# gradient products on it while it is in cache: the weight gradient as an im2col GEMM or in
-# Winograd tiles, the input gradient as the im2col GEMM's transpose, or placed in the padded
-# layout of the stride-1 conv that computes it (``conv.gradient_as_conv``) and run on the
-# Winograd tiles or the direct micro-kernels.
-#
-# The algorithms are runtime arguments (the scratch of one not taken is empty): every
-# variant compiled separately cost 8-11 s of cold compile each; only the direct
-# micro-kernels, written out per kernel width, make a source of their own.
-#: the input gradient's algorithm as the kernel's runtime argument: its index here
-INPUT_GRAD_ALGORITHMS = ("im2col", "winograd", "direct")
-
+# gradient products on it while it is in cache (``conv.gradient_products_source``).
 _NORM_BACKWARD = """\
 import numpy as np
 from numba import njit, prange
 
-from convforge.backends.numba_cpu.kernels.conv import (
-    direct_buffers, flipped_weights, input_grad_image, new_parts, pad_image, place_rows,
-    scratch_buffers, store_image, sum_parts_t, weight_grad_image,
-)
 from convforge.backends.numba_cpu.kernels.norm import channel_grad_terms, conv_output_grad
-{winograd}
+{products}
 
-{micro}@njit(cache=True)
+@njit(cache=True)
 def chunk(ga, a, z, sums, act, x, w2, wf, u, geometry, grad, t, chunks, want_gx, part, gx):
-    kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
-    wino_w, alg_in, pt, pl = grad
-    N, C, H, W = x.shape
-    O = ga.shape[1]
-    col, xp, gz, rw = scratch_buffers(C, O, C * kh * kw, kh, kw, sh, sw, dh, dw, ho, wo, x)
-    # scratch of the algorithms not taken is empty
-    wxp, wv, wm, _ = winograd_buffers(C if wino_w else 0, O if wino_w else 0, ho, wo, x)
-    wg = alg_in == 1
-    igp, iv, im, ir = winograd_buffers(O if wg else 0, C if wg else 0, H, W, x)
-    dg = alg_in == 2
-    dgp, dr, drg = direct_buffers(O if dg else 0, C if dg else 0, kh, kw, dh, dw, H, W, x)
+    ho, wo = geometry[9], geometry[10]
+    scratch = gradient_scratch(x, ga.shape[1], w2.shape[1], geometry, grad)
+    gz, rw = scratch[0][2], scratch[0][3]
     part[:] = 0
     gz[:] = 0  # the wide layout's extra columns stay zero
-    for n in range(t, N, chunks):
+    for n in range(t, x.shape[0], chunks):
         conv_output_grad(ga, a, z, sums, act, n, ho, wo, rw, gz)
-        if wino_w:
-            pad_image(x, n, ph, pw, wxp)
-            weight_grad_tiles(wxp, gz, rw, ho, wo, wv, wm, part.reshape(WINOGRAD_T, O, C))
-        else:
-            weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
-        if not want_gx:
-            continue
-        if alg_in == 1:
-            place_rows(gz, rw, ho, wo, pt, pl, igp)
-            winograd_tiles(igp, u, H, W, iv, im, ir)
-            store_image(ir, W, n, gx)
-{direct}        else:
-            input_grad_image(gz, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, gx)
+        image_gradients(x, n, w2, wf, u, geometry, grad, want_gx, scratch, part, gx)
 
 
 @njit(cache=True, parallel=True)
 def kernel(ga, a, z, bw, mean, invstd, act, x, w, conv, grad, nt, gbw, gbb, gw, gx):
     N, O, L = ga.shape
-    C = x.shape[1]
-    wino_w, alg_in = grad[0], grad[1]
     sums = np.empty((5, O))
     for o in prange(O):
         channel_grad_terms(ga, a, z, bw, mean, invstd, act, o, gbw, gbb, sums)
-    kh, kw = w.shape[2], w.shape[3]
-    kg = C * kh * kw
-    w2 = w.reshape(O, kg)
-    want_gx = gx.shape[0] == N
-    wf = flipped_weights(w)
-{check}    u = transformed_weights(C if alg_in == 1 else 0, O, x)
-    wchunks = max(1, min(u.shape[1], nt))
-    wstep = (u.shape[1] + wchunks - 1) // wchunks
-    for t in prange(wchunks):
-        weight_transform_rows(wf, t * wstep, min(u.shape[1], (t + 1) * wstep), u)
+    cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    w2 = w.reshape(O, cg * kh * kw)
+    wf, u = gradient_weights(w, x, grad, nt)
     chunks = max(1, min(N, nt))
-    part = new_parts(chunks, WINOGRAD_T * O if wino_w else kg, C if wino_w else O, gw)
+    part = weight_grad_parts(chunks, w, grad[0])
+    want_gx = gx.shape[0] == N
     for t in prange(chunks):
         chunk(ga, a, z, sums, act, x, w2, wf, u, (kh, kw) + conv, grad, t, chunks, want_gx, part[t], gx)
-    if wino_w:
-        weight_grad_from_parts(part.reshape(chunks, WINOGRAD_T, O, C), gw)
-    else:
-        sum_parts_t(part, gw.reshape(O, kg))
-"""
-
-_DIRECT = """\
-        elif alg_in == 2:
-            place_rows(gz, rw, ho, wo, pt, pl, dgp)
-            direct_rows(dgp, wf, 0, C, kh, dh, dw, H, dr)
-            store_image(dr, drg, n, gx)
+    weight_grad_sum(part, grad[0], gw)
 """
 
 
-def norm_backward_source(kw: int = 0, r: int = 3) -> str:
+def norm_backward_source(kw: int = 0, r: int = 0) -> str:
     """Source of the backward of conv2d -> batch_norm_train -> [activation]: ``kernel(ga, a,
     z, bw, mean, invstd, act, x, w, conv, grad, nt, gbw, gbb, gw, gx)``.
 
-    ``conv`` is (sh, sw, ph, pw, dh, dw, groups, ho, wo); ``grad`` is (weight gradient on
-    Winograd, input gradient algorithm: the index in ``INPUT_GRAD_ALGORITHMS``, and the top
-    and left padding of the input gradient's conv, ``conv.gradient_as_conv``). The Winograd
-    products run the variant for r x r kernels (``winograd.TILES``). With ``kw`` the direct
-    micro-kernels for that kernel width are written in and the input gradient may take them.
-    gx is written when it has N images.
+    ``conv`` is (sh, sw, ph, pw, dh, dw, groups, ho, wo); ``grad``, ``kw`` and ``r`` as in
+    ``conv.gradient_products_source``. gx is written when it has N images.
     """
-    winograd = winograd_imports(r)
-    if not kw:
-        return _NORM_BACKWARD.format(micro="", direct="", check="", winograd=winograd)
-    micro = micro_kernels_source(kw) + "\n\n"
-    check = "    if alg_in == 2:\n        check_width(wf)\n"
-    return _NORM_BACKWARD.format(micro=micro, direct=_DIRECT, check=check, winograd=winograd)
+    return _NORM_BACKWARD.format(products=gradient_products_source(kw, r))
 
 
 @njit(cache=True, parallel=True)
