@@ -450,9 +450,10 @@ W|        store_image(ir, W, n, gx)
 W|@njit(cache=True, parallel=True)
 N|@njit(cache=True)
 def gradient_weights(w, x, grad, nt):
-    # the input gradient's weights: flipped, and transformed when it runs on Winograd tiles
+    # the input gradient's weights: flipped (im2col reads w itself), and transformed when it
+    # runs on Winograd tiles
     alg_in = grad[1]
-    wf = flipped_weights(w)
+    wf = flipped_weights(w) if alg_in != 0 else np.empty((0, 0, 0, 0), dtype=w.dtype)
 {check}N|    if grad[0] or alg_in == 1:
 N|        raise ValueError("Winograd gradient products asked of a kernel compiled without them")
 N|    u = np.empty((0, 0, 0), dtype=w.dtype)

@@ -25,6 +25,7 @@ gradient:`` / ``# conv input gradient:`` lines in the driver say which and why.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from convforge.backends.numba_cpu.kernels import conv, linear, lowering, norm
 from convforge.backends.numba_cpu.kernels.activation import act_text
@@ -100,22 +101,20 @@ def _conv_backward(ctx, found: ConvBackward, ins: list[str], outs: list[str], no
     gx = by_out[id(found.grad_input.outputs[0])] if found.grad_input is not None else ctx.dummy(4, dtype)
     gz = found.pool.outputs[0].type
     geometry = (*conv.conv_params(found.weight), gz.shape[2], gz.shape[3])
-    grad, direct_kw, r = _gradient_products(ctx, found.weight, found.grad_input)
-    k = ctx.generated(
-        ("conv2d_pool_backward", direct_kw, r),
-        conv.pool_backward_source(direct_kw, r),
-        " -> ".join(n.op for n in node.region.nodes) + (f" [direct k{direct_kw}]" if direct_kw else ""),
-    )
+    k, grad = _backward_kernel(ctx, node, found, "conv2d_pool_backward", conv.pool_backward_source)
     ctx.line(
         f"{k}({gp}, {yp}, {am}, act={act_text(found.activation)}, pool=({window(found.pool.attrs)}), "
         f"x={x}, w={w}, conv={geometry}, grad={grad}, nt=T, gw={gw}, gb={gb}, gx={gx})"
     )
 
 
-def _gradient_products(ctx, weight: Node, grad_input: Node | None) -> tuple[tuple, int, int]:
-    """(the ``grad`` argument, direct kernel width or 0, Winograd kernel size or 0) of a fused
-    conv backward (``conv.gradient_products_source``) for its weight-gradient node and
-    input-gradient node, with driver comments saying which algorithm each runs and why."""
+def _backward_kernel(
+    ctx, node: Node, found: ConvBackward | NormBackward, head: str, source: Callable[[int, int], str]
+) -> tuple[str, tuple]:
+    """(kernel name, its ``grad`` argument) of a fused conv backward region: ``source(kw,
+    r)`` (``conv.pool_backward_source`` or ``norm.norm_backward_source``) generated for the
+    algorithms its conv's gradient products take, with driver comments saying which and why."""
+    weight, grad_input = found.weight, found.grad_input
     weight_algorithm, weight_why = conv.weight_grad_algorithm(weight)
     input_algorithm, input_why, kw, pads = "im2col", "", 0, (0, 0)
     as_conv = conv.gradient_as_conv(grad_input) if grad_input is not None else None
@@ -132,7 +131,11 @@ def _gradient_products(ctx, weight: Node, grad_input: Node | None) -> tuple[tupl
     # the Winograd variant the products run (0: none, and no Winograd code in the kernel)
     r = weight.outputs[0].shape[-1] if "winograd" in (weight_algorithm, input_algorithm) else 0
     grad = (weight_algorithm == "winograd", conv.INPUT_GRAD_ALGORITHMS.index(input_algorithm), *pads)
-    return grad, direct_kw, r
+    suffix = f" [direct k{direct_kw}]" if direct_kw else ""
+    k = ctx.generated(
+        (head, direct_kw, r), source(direct_kw, r), " -> ".join(n.op for n in node.region.nodes) + suffix
+    )
+    return k, grad
 
 
 def _planes(ctx, value: Value, expr: str) -> str:
@@ -179,10 +182,5 @@ def _norm_backward(ctx, found: NormBackward, operand, outs: list[str], node: Nod
         f"{', '.join(planes)}, {operand(bw)}, {operand(mean)}, {operand(invstd)}, "
         f"act={act_text(found.activation)}, x={operand(weight.inputs[0])}, w={w}, conv={geometry}"
     )
-    grad, direct_kw, r = _gradient_products(ctx, weight, found.grad_input)
-    k = ctx.generated(
-        ("conv2d_batch_norm_backward", direct_kw, r),
-        norm.norm_backward_source(direct_kw, r),
-        " -> ".join(n.op for n in node.region.nodes) + (f" [direct k{direct_kw}]" if direct_kw else ""),
-    )
+    k, grad = _backward_kernel(ctx, node, found, "conv2d_batch_norm_backward", norm.norm_backward_source)
     ctx.line(f"{k}({args}, grad={grad}, nt=T, gbw={gbw}, gbb={gbb}, gw={gw}, gx={gx})")
