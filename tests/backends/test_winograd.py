@@ -63,7 +63,7 @@ def test_generated_variant_forward_and_weight_gradient(r):
     C, O, H, W, p = 3, 5, 9, 8, r // 2
     x, w = rng.standard_normal((1, C, H, W)), rng.standard_normal((O, C, r, r))
     ho, wo = H + 2 * p - r + 1, W + 2 * p - r + 1
-    xp, v, m, rows = module.winograd_buffers(C, O, ho, wo, x)
+    xp, v, m, rows = module.winograd_buffers(C, O, ho, wo, 1, x)
     xp[:] = 0
     xp[:, p : p + H, p : p + W] = x[0]
     u = module.transformed_weights(O, C, x)

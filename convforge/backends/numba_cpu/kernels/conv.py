@@ -405,9 +405,22 @@ from convforge.backends.numba_cpu.kernels.conv import (
 {winograd}
 
 {micro}@njit(cache=True)
-def gradient_scratch(x, O, kg, geometry, grad):
+def gradient_group(x, geometry, grad, mine):
+    # images per Winograd GEMM, of the `mine` a thread runs (1 without Winograd)
+N|    return 1
+W|    group = mine
+W|    if grad[0]:
+W|        group = min(group, group_size(geometry[9], geometry[10], mine))
+W|    if grad[1] == 1:
+W|        group = min(group, group_size(x.shape[2], x.shape[3], mine))
+W|    return group if grad[0] or grad[1] == 1 else 1
+
+
+@njit(cache=True)
+def gradient_scratch(x, O, kg, geometry, grad, group):
     # one thread's: (im2col buffers with gz and rw), the input gradient's direct buffers,
-    # the weight and input gradients' Winograd buffers; those of an algorithm not taken are empty
+    # the weight and input gradients' Winograd buffers (for groups of `group` images);
+    # those of an algorithm not taken are empty
     kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
     wino_w, alg_in = grad[0], grad[1]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -416,14 +429,16 @@ W|    wg = alg_in == 1
     return (
         scratch_buffers(C, O, kg, kh, kw, sh, sw, dh, dw, ho, wo, x),
         direct_buffers(O if dg else 0, C if dg else 0, kh, kw, dh, dw, H, W, x),
-W|        winograd_buffers(C if wino_w else 0, O if wino_w else 0, ho, wo, x),
-W|        winograd_buffers(O if wg else 0, C if wg else 0, H, W, x),
+W|        winograd_buffers(C if wino_w else 0, O if wino_w else 0, ho, wo, group, x),
+W|        winograd_buffers(O if wg else 0, C if wg else 0, H, W, group, x),
     )
 
 
 @njit(cache=True)
-def image_gradients(x, n, w2, wf, u, geometry, grad, want_gx, scratch, part, gx):
-    # image n's weight gradient into part, its input gradient into gx, from scratch's gz
+def image_gradients(x, n, j, k, chunks, w2, wf, u, geometry, grad, want_gx, scratch, part, gx):
+    # image n's weight gradient into part, its input gradient into gx, from scratch's gz.
+    # On Winograd, n is image j of a group of k (images n - j * chunks, ..., spaced
+    # `chunks` apart) whose GEMMs run with its last image
     kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo = geometry
     wino_w, alg_in, pt, pl = grad
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -433,7 +448,10 @@ W|    wxp, wv, wm, _ = scratch[2]
 W|    igp, iv, im, ir = scratch[3]
 W|    if wino_w:
 W|        pad_image(x, n, ph, pw, wxp)
-W|        weight_grad_tiles(wxp, gz, rw, ho, wo, wv, wm, part.reshape(WINOGRAD_T, gz.shape[0], C))
+W|        image_tiles(wxp, ho, wo, j, wv)
+W|        image_adjoint(gz, rw, ho, wo, j, wm)
+W|        if j == k - 1:
+W|            group_weight_products(wm, wv, k, ho, wo, part.reshape(WINOGRAD_T, gz.shape[0], C))
 W|    else:
 W|        weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
 N|    weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, part)
@@ -443,8 +461,12 @@ N|    weight_grad_image(x, n, gz, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo
         input_grad_image(gz, n, w2, groups, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, col, xp, gx)
 W|    elif alg_in == 1:
 W|        place_rows(gz, rw, ho, wo, pt, pl, igp)
-W|        winograd_tiles(igp, u, H, W, iv, im, ir)
-W|        store_image(ir, W, n, gx)
+W|        image_tiles(igp, H, W, j, iv)
+W|        if j == k - 1:
+W|            group_products(u, iv, k, H, W, im)
+W|            for i in range(k):
+W|                image_rows(im, i, H, W, ir)
+W|                store_image(ir, W, n - (j - i) * chunks, gx)
 {direct}
 
 W|@njit(cache=True, parallel=True)
@@ -492,8 +514,9 @@ _DIRECT = """\
 
 
 def gradient_products_source(kw: int = 0, r: int = 0) -> str:
-    """The helpers a generated conv-region backward calls: ``gradient_scratch``,
-    ``image_gradients``, ``gradient_weights``, ``weight_grad_parts``, ``weight_grad_sum``.
+    """The helpers a generated conv-region backward calls: ``gradient_group``,
+    ``gradient_scratch``, ``image_gradients``, ``gradient_weights``, ``weight_grad_parts``,
+    ``weight_grad_sum``.
 
     Their ``grad`` argument is (weight gradient on Winograd, input gradient algorithm: the
     index in ``INPUT_GRAD_ALGORITHMS``, and the top and left padding of the input
@@ -524,13 +547,18 @@ def chunk(gp, yp, am, act, pool, x, w2, wf, u, geometry, grad, t, chunks, want_g
     kind, p, q = act
     pkh, pkw, psh, psw, pph, ppw = pool
     ho, wo = geometry[9], geometry[10]
-    scratch = gradient_scratch(x, gp.shape[1], w2.shape[1], geometry, grad)
+    mine = (x.shape[0] - t + chunks - 1) // chunks  # images t, t + chunks, ...
+    group = gradient_group(x, geometry, grad, mine)
+    scratch = gradient_scratch(x, gp.shape[1], w2.shape[1], geometry, grad, group)
     gz, rw = scratch[0][2], scratch[0][3]
     part_w[:] = 0
     part_b[:] = 0
-    for n in range(t, x.shape[0], chunks):
+    for i in range(mine):
+        n = t + i * chunks
         scatter_pooled_grad(gp, yp, am, n, kind, p, q, pkh, pkw, psh, psw, pph, ppw, ho, wo, rw, gz, part_b)
-        image_gradients(x, n, w2, wf, u, geometry, grad, want_gx, scratch, part_w, gx)
+        j = i % group
+        k = min(group, mine - i + j)
+        image_gradients(x, n, j, k, chunks, w2, wf, u, geometry, grad, want_gx, scratch, part_w, gx)
 
 
 @njit(cache=True, parallel=True)
@@ -599,7 +627,8 @@ _IM2COL_LOOP = """\
                   pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
 
 # the weights are transformed once per call, output rows split over the threads; then
-# each image is padded, transformed and multiplied (16 or 36 GEMMs) into r, which the epilogue reads
+# each thread's images are padded and transformed a group at a time (small images share
+# one set of 16 or 36 GEMMs), and each image's rows r come back for the epilogue
 _WINOGRAD_LOOP = """\
     u = transformed_weights(O, x.shape[1], x)
     wchunks = max(1, min(O, nt))
@@ -607,12 +636,19 @@ _WINOGRAD_LOOP = """\
     for t in prange(wchunks):
         weight_transform_rows(w, t * wstep, min(O, (t + 1) * wstep), u)
     for t in prange(chunks):
-        xp, v, m, r = winograd_buffers(x.shape[1], O, ho, wo, x)
-        for n in range(t, N, chunks):
-            pad_image(x, n, ph, pw, xp)
-            winograd_tiles(xp, u, ho, wo, v, m, r)
-            store(r, wo, n, 0, O, b, bn_s, bn_t, ho, wo,
-                  pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
+        mine = (N - t + chunks - 1) // chunks  # images t, t + chunks, ...
+        group = group_size(ho, wo, mine)
+        xp, v, m, r = winograd_buffers(x.shape[1], O, ho, wo, group, x)
+        for g0 in range(0, mine, group):
+            k = min(group, mine - g0)
+            for j in range(k):
+                pad_image(x, t + (g0 + j) * chunks, ph, pw, xp)
+                image_tiles(xp, ho, wo, j, v)
+            group_products(u, v, k, ho, wo, m)
+            for j in range(k):
+                image_rows(m, j, ho, wo, r)
+                store(r, wo, t + (g0 + j) * chunks, 0, O, b, bn_s, bn_t, ho, wo,
+                      pkh, pkw, psh, psw, pph, ppw, hp, wp, y, am, want_arg)"""
 
 # images split over the threads; with fewer images than threads the output channels of
 # each image are split too (blocks of whole micro-kernels), each task padding its image
@@ -784,9 +820,11 @@ def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tu
     (O * C * 2x2 output tiles). Direct takes stride 1, groups 1 and kernels up to
     ``direct.MAX_WIDTH`` wide; the cost model picks it for at most ``DIRECT_MAX_CHANNELS``
     input channels, and for 3x3 kernels on planes of at least ``DIRECT_MIN_PLANE`` outputs,
-    but not for the conv that computes an input ``gradient`` (:func:`gradient_as_conv`): in
-    the fused batch-norm backward Winograd ran those faster (32 -> 32 at 32x32, batch 64:
-    22.6 against 24.2 ms for the whole backward, docs/performance.md).
+    but never for the conv that computes an input ``gradient`` (:func:`gradient_as_conv`):
+    in the fused batch-norm backward Winograd ran those faster (32 -> 32 at 32x32, batch 64:
+    22.6 against 24.2 ms for the whole backward) and direct did not beat im2col
+    (docs/performance.md), while every kernel width it runs compiles a backward variant of
+    its own; ``$CONVFORGE_CONV_ALGO=direct`` still puts it there.
     With ``tune`` every
     eligible algorithm is timed at the layer's geometry instead (once per geometry, CPU and
     thread count: the tuning log, ``numba_cpu/tuning.py``). ``$CONVFORGE_CONV_ALGO``
@@ -808,11 +846,11 @@ def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tu
     o, c = conv.inputs[1].shape[:2]
     kh, kw = _kernel_size(conv)
     ho, wo = _plane(conv)
-    if "direct" in candidates:
+    if "direct" in candidates and not gradient:
         if c <= DIRECT_MAX_CHANNELS:
             channels = f"{c} input channel{'s' if c > 1 else ''}"
             return "direct", f"{channels}: im2col's GEMM would be thin (K = {c * kh * kw})"
-        if (kh, kw) == (3, 3) and ho * wo >= DIRECT_MIN_PLANE and not gradient:
+        if (kh, kw) == (3, 3) and ho * wo >= DIRECT_MIN_PLANE:
             return "direct", f"3x3 on a {ho}x{wo} plane: at least {DIRECT_MIN_PLANE} outputs for direct"
     if "winograd" not in candidates:
         return "im2col", f"{c} -> {o} channels, {kh}x{kw} on {ho}x{wo}: im2col by the cost model"

@@ -265,13 +265,18 @@ from convforge.backends.numba_cpu.kernels.norm import channel_grad_terms, conv_o
 @njit(cache=True)
 def chunk(ga, a, z, sums, act, x, w2, wf, u, geometry, grad, t, chunks, want_gx, part, gx):
     ho, wo = geometry[9], geometry[10]
-    scratch = gradient_scratch(x, ga.shape[1], w2.shape[1], geometry, grad)
+    mine = (x.shape[0] - t + chunks - 1) // chunks  # images t, t + chunks, ...
+    group = gradient_group(x, geometry, grad, mine)
+    scratch = gradient_scratch(x, ga.shape[1], w2.shape[1], geometry, grad, group)
     gz, rw = scratch[0][2], scratch[0][3]
     part[:] = 0
     gz[:] = 0  # the wide layout's extra columns stay zero
-    for n in range(t, x.shape[0], chunks):
+    for i in range(mine):
+        n = t + i * chunks
         conv_output_grad(ga, a, z, sums, act, n, ho, wo, rw, gz)
-        image_gradients(x, n, w2, wf, u, geometry, grad, want_gx, scratch, part, gx)
+        j = i % group
+        k = min(group, mine - i + j)
+        image_gradients(x, n, j, k, chunks, w2, wf, u, geometry, grad, want_gx, scratch, part, gx)
 
 
 @njit(cache=True, parallel=True)

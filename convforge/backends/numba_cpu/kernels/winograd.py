@@ -34,6 +34,12 @@ POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fra
 #: L1 set and the input transform ran 11x slower (VGG's 32x32 layer: 0.47 -> 0.043 ms/image)
 ROW_PAD = 8
 
+#: GEMM columns gathered from several images when one image has fewer tiles. Measured on
+#: the forward (1 thread, 32 images, F(2x2, 3x3)): 128 -> 128 at 8x8 (16 tiles an image)
+#: 11.6 ms one image per GEMM, 10.2 ms four, 12.1 ms sixteen (V outgrows the cache);
+#: 64 -> 64 at 16x16: 9.3 ms one, 9.1 ms four, 11.7 ms sixteen
+GROUP_COLUMNS = 64
+
 Matrix = list[list[Fraction]]
 
 
@@ -129,10 +135,12 @@ def _function(signature: str, constants: _Constants, body: list[str], *, typed_b
 
 def variant_source(m: int, r: int) -> str:
     """Source of the module of F(m x m, r x r): ``tile_counts``, ``transformed_weights``,
-    ``weight_transform_rows``, ``winograd_buffers``, ``input_transform``,
-    ``output_transform``, ``winograd_tiles`` (the forward) and ``output_transform_adjoint``,
+    ``weight_transform_rows``, ``winograd_buffers``, ``group_size``, ``input_transform``,
+    ``output_transform``, ``image_tiles``, ``group_products``, ``image_rows``,
+    ``winograd_tiles`` (the forward: a group of images' tiles share the GEMMs) and
+    ``output_transform_adjoint``, ``image_adjoint``, ``group_weight_products``,
     ``weight_grad_tiles``, ``weight_grad_from_parts`` (the weight gradient), with ``M``,
-    ``R``, ``ALPHA`` and ``T = ALPHA**2`` (the GEMMs per image)."""
+    ``R``, ``ALPHA`` and ``T = ALPHA**2`` (the GEMMs per group)."""
     at, g, bt = matrices(m, r)
     a = m + r - 1
     rng_a, rng_m, rng_r = range(a), range(m), range(r)
@@ -143,7 +151,7 @@ def variant_source(m: int, r: int) -> str:
         "",
         "from convforge.backends.numba_cpu.kernels.blas import gemm",
         "",
-        f"M = {m}\nR = {r}\nALPHA = {a}\nT = {a * a}\nROW_PAD = {ROW_PAD}",
+        f"M = {m}\nR = {r}\nALPHA = {a}\nT = {a * a}\nROW_PAD = {ROW_PAD}\nGROUP_COLUMNS = {GROUP_COLUMNS}",
         "",
         f"""
 @njit(cache=True)
@@ -158,11 +166,12 @@ def transformed_weights(O, C, like):
 
 
 @njit(cache=True)
-def winograd_buffers(C, O, ho, wo, like):
-    # (padded image [C, m*th + r-1, m*tw + r-1], V [T, C, P], M [T, O, P], rows r [O, ho*wo]);
-    # V and M are views of rows ROW_PAD longer
+def winograd_buffers(C, O, ho, wo, images, like):
+    # (padded image [C, m*th + r-1, m*tw + r-1], V [T, C, images*P], M [T, O, images*P],
+    # rows r [O, ho*wo]) for groups of up to `images` images per GEMM; V and M are views of
+    # rows ROW_PAD longer
     th, tw = tile_counts(ho, wo)
-    P = th * tw
+    P = th * tw * images
     xp = np.empty((C, {m} * th + {r - 1}, {m} * tw + {r - 1}), dtype=like.dtype)
     v = np.empty(({a * a}, C, P + ROW_PAD), dtype=like.dtype)[:, :, :P]
     m = np.empty(({a * a}, O, P + ROW_PAD), dtype=like.dtype)[:, :, :P]
@@ -171,25 +180,71 @@ def winograd_buffers(C, O, ho, wo, like):
 
 
 @njit(cache=True)
+def group_size(ho, wo, images):
+    # images per GEMM, of the `images` a thread runs: one small image's GEMMs
+    # ([O, C] @ [C, 16] at 8x8) run below BLAS's rate; past GROUP_COLUMNS columns V leaves the cache
+    th, tw = tile_counts(ho, wo)
+    return max(1, min(images, GROUP_COLUMNS // (th * tw)))
+
+
+@njit(cache=True)
+def image_tiles(xp, ho, wo, j, v):
+    # the transformed tiles of the zero-padded image xp into image j's columns of v
+    th, tw = tile_counts(ho, wo)
+    P = th * tw
+    input_transform(xp, th, tw, v[:, :, j * P : (j + 1) * P])
+
+
+@njit(cache=True)
+def group_products(u, v, k, ho, wo, m):
+    # M[e] = U[e] @ V[e] over the columns of the group's first k images
+    th, tw = tile_counts(ho, wo)
+    cols = k * th * tw
+    for e in range({a * a}):
+        gemm(False, False, 1.0, u[e], v[e, :, :cols], 0.0, m[e, :, :cols])
+
+
+@njit(cache=True)
+def image_rows(m, j, ho, wo, r):
+    # r [O, ho*wo] = image j's output rows from its columns of m
+    th, tw = tile_counts(ho, wo)
+    P = th * tw
+    output_transform(m[:, :, j * P : (j + 1) * P], th, tw, ho, wo, r)
+
+
+@njit(cache=True)
 def winograd_tiles(xp, u, ho, wo, v, m, r):
     # r [O, ho*wo] = the stride-1 convolution of the zero-padded image xp from the
     # transformed weights u [T, O, C]
+    image_tiles(xp, ho, wo, 0, v)
+    group_products(u, v, 1, ho, wo, m)
+    image_rows(m, 0, ho, wo, r)
+
+
+@njit(cache=True)
+def image_adjoint(gz, rw, ho, wo, j, m):
+    # image j's columns of dM from its conv-output gradient gz [O, ho*rw]
     th, tw = tile_counts(ho, wo)
-    input_transform(xp, th, tw, v)
+    P = th * tw
+    output_transform_adjoint(gz, rw, th, tw, ho, wo, m[:, :, j * P : (j + 1) * P])
+
+
+@njit(cache=True)
+def group_weight_products(m, v, k, ho, wo, du):
+    # du[e] += dM[e] @ V[e]^T over the columns of the group's first k images
+    th, tw = tile_counts(ho, wo)
+    cols = k * th * tw
     for e in range({a * a}):
-        gemm(False, False, 1.0, u[e], v[e], 0.0, m[e])
-    output_transform(m, th, tw, ho, wo, r)
+        gemm(False, True, 1.0, m[e, :, :cols], v[e, :, :cols], 1.0, du[e])
 
 
 @njit(cache=True)
 def weight_grad_tiles(xp, gz, rw, ho, wo, v, m, du):
     # du[e] += dM[e] @ V[e]^T for one image: xp its zero-padded input (as the forward pads
     # it), gz [O, ho*rw] its conv-output gradient
-    th, tw = tile_counts(ho, wo)
-    input_transform(xp, th, tw, v)
-    output_transform_adjoint(gz, rw, th, tw, ho, wo, m)
-    for e in range({a * a}):
-        gemm(False, True, 1.0, m[e], v[e], 1.0, du[e])
+    image_tiles(xp, ho, wo, 0, v)
+    image_adjoint(gz, rw, ho, wo, 0, m)
+    group_weight_products(m, v, 1, ho, wo, du)
 """,
     ]
 
@@ -352,6 +407,12 @@ def variant(m: int, r: int) -> ModuleType:
 
 #: what a generated kernel calls from its variant's module
 _KERNEL_NAMES = (
+    "group_products",
+    "group_size",
+    "group_weight_products",
+    "image_adjoint",
+    "image_rows",
+    "image_tiles",
     "transformed_weights",
     "weight_grad_from_parts",
     "weight_grad_tiles",
