@@ -139,7 +139,8 @@ def variant_source(m: int, r: int) -> str:
     ``output_transform``, ``image_tiles``, ``group_products``, ``image_rows``,
     ``winograd_tiles`` (the forward: a group of images' tiles share the GEMMs) and
     ``output_transform_adjoint``, ``image_adjoint``, ``group_weight_products``,
-    ``weight_grad_tiles``, ``weight_grad_from_parts`` (the weight gradient), with ``M``,
+    ``weight_grad_tiles``, ``weight_grad_from_parts`` (the weight gradient; ``winograd_tiles``
+    and ``weight_grad_tiles`` are the one-image forms, which kernels do not bind), with ``M``,
     ``R``, ``ALPHA`` and ``T = ALPHA**2`` (the GEMMs per group)."""
     at, g, bt = matrices(m, r)
     a = m + r - 1
@@ -415,10 +416,8 @@ _KERNEL_NAMES = (
     "image_tiles",
     "transformed_weights",
     "weight_grad_from_parts",
-    "weight_grad_tiles",
     "weight_transform_rows",
     "winograd_buffers",
-    "winograd_tiles",
 )
 
 
