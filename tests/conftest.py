@@ -14,12 +14,13 @@ os.environ.setdefault("NUMBA_NUM_THREADS", str(len(os.sched_getaffinity(0))))  #
 # tests hold the compiled kernels to the reference: a first call on the fast tier would run
 # the reference itself (tests/backends/numba_cpu/test_tiers.py turns the tier on)
 os.environ.setdefault("CONVFORGE_TIERED", "0")
-# the suite compiles hundreds of generated kernels, and LLVM's optimisation and the code
-# emission of each kernel's linked callees are two thirds of that: like `cargo test`, the
-# tests build unoptimised code (NUMBA_OPT is in the kernel cache's stamp, so these builds
-# never reach an optimised run's cache); tests/backends/numba_cpu/test_optimized_build.py
-# runs the optimised build, and NUMBA_OPT=3 runs the whole suite on it
-os.environ.setdefault("NUMBA_OPT", "0")
+# the suite compiles hundreds of generated kernels, and LLVM's optimisation and code emission
+# of each kernel's linked callees are most of that: like `cargo test`, the tests build less
+# optimised code. O1, not O0: at O0 dead references to Python objects survive and Numba
+# refuses to cache those kernels. NUMBA_OPT is in the kernel cache's stamp, so these builds
+# never reach an O3 process; tests/backends/numba_cpu/test_optimized_build.py runs the O3
+# build, and NUMBA_OPT=3 runs the whole suite on it
+os.environ.setdefault("NUMBA_OPT", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

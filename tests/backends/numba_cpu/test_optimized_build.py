@@ -1,4 +1,4 @@
-"""The suite builds unoptimised kernels (``NUMBA_OPT=0``, tests/conftest.py); this test
+"""The suite builds kernels at LLVM O1 (``NUMBA_OPT=1``, tests/conftest.py); this test
 runs the build users get, LLVM at full optimisation, in a process of its own.
 
 The models cover the generated kernels' families: LeNet-5 (conv -> activation -> pool
