@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 _SCRIPT = textwrap.dedent(
     """
@@ -49,7 +50,7 @@ _SCRIPT = textwrap.dedent(
 
 def test_the_optimised_build_agrees_with_the_reference():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_OPT"}  # Numba's default: 3
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    root = str(Path(__file__).resolve().parents[3])  # the checkout: `tests.conv_algorithms` imports from it
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, "-c", _SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=1800
