@@ -134,7 +134,12 @@ def test_cost_model_and_override(monkeypatch):
     algo, why = conv_kernels.conv_algorithm(_conv_node(3, 32, 32, padding=1))
     assert algo == "direct" and "3 input channels" in why
     algo, why = conv_kernels.conv_algorithm(_conv_node(32, 32, 32, padding=1))
-    assert algo == "direct" and "32x32 plane" in why
+    assert algo == "winograd" and "16x16 tiles" in why
+    algo, why = conv_kernels.conv_algorithm(_conv_node(12, 12, 32, padding=1))
+    assert algo == "direct" and "32x32 plane" in why  # too few channels for Winograd
+    assert conv_kernels.small_batch_algorithm(_conv_node(32, 32, 16, padding=1))[0] == "direct"
+    assert conv_kernels.small_batch_algorithm(_conv_node(32, 32, 15, padding=1))[0] == "im2col"
+    assert conv_kernels.small_batch_algorithm(_conv_node(32, 32, 32, stride=2))[0] == "im2col"
     assert conv_kernels.conv_algorithm(_conv_node(64, 64, 4, padding=1))[0] == "im2col"  # 2x2 tiles
     assert conv_kernels.conv_algorithm(_conv_node(32, 32, 16, stride=2))[0] == "im2col"
     assert conv_kernels.conv_algorithm(_conv_node(32, 32, 16, dilation=2))[0] == "im2col"
@@ -153,6 +158,7 @@ def test_cost_model_and_override(monkeypatch):
     algo, why = conv_kernels.conv_algorithm(_conv_node(32, 32, 16, stride=2))
     assert algo == "im2col" and "does not apply" in why
     assert conv_kernels.conv_algorithm(_conv_node(1, 1, 3))[0] == "winograd"
+    assert conv_kernels.small_batch_algorithm(_conv_node(32, 32, 16, padding=1))[0] == "im2col"
     monkeypatch.setenv(conv_kernels.ALGO_ENV, "fft")
     with pytest.raises(BackendError, match="CONVFORGE_CONV_ALGO='fft'.*auto, im2col, winograd, direct"):
         conv_kernels.conv_algorithm(_conv_node(32, 32, 16))
@@ -161,12 +167,15 @@ def test_cost_model_and_override(monkeypatch):
 def test_source_names_the_algorithm_and_why(monkeypatch):
     monkeypatch.delenv(conv_kernels.ALGO_ENV, raising=False)
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.MaxPool2d(4),
-        nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 9, 3, padding=1),
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 12, 3, padding=1), nn.MaxPool2d(4),
+        nn.Conv2d(12, 16, 1), nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1),
+        nn.Conv2d(32, 9, 3, padding=1),
     )  # fmt: skip
     source = cf.compile(model, (None, 3, 64, 64), backend="numba-cpu").source()
     assert "# conv algorithm: direct (3 input channels: im2col's GEMM would be thin (K = 27)" in source
     assert "# conv algorithm: direct (3x3 on a 64x64 plane: at least 1024 outputs for direct" in source
+    small = "# conv algorithm: direct, fewer images than threads: they split the channels (a 16x16 plane"
+    assert small in source
     assert "# conv algorithm: im2col (32x16x64 per-tile GEMMs: below 65536 multiply-adds" in source
     assert "# conv algorithm: winograd (F(2x2, 3x3), 32 -> 32 channels, 8x8 tiles: 2.25x fewer" in source
     assert "# conv algorithm: im2col (32 -> 9 channels: fewer than 16 for winograd)" in source

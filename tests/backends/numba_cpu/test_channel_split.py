@@ -1,6 +1,7 @@
 """Fewer images than threads: the fused im2col conv kernel splits the output channels instead
 of the batch (``kernels/conv.py``, ``split="channels"``); every epilogue agrees with the
-reference. (The direct kernel's own split is tested in ``tests/backends/test_direct_conv.py``.)"""
+reference. On planes of 16x16 outputs and more a Winograd or im2col layer takes the direct
+kernel at such batches (its own split is tested in ``tests/backends/test_direct_conv.py``)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,25 @@ def test_training_at_batch_one_with_a_channel_split_agrees():
         np.testing.assert_allclose(ours(x, y), ref(x, y), rtol=1e-4)
     for key, value in ref.state_dict().items():
         np.testing.assert_allclose(ours.state_dict()[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.skipif(numba.get_num_threads() < 2, reason="one thread: no batch is smaller than the threads")
+def test_small_batches_of_a_winograd_layer_run_direct_and_agree(monkeypatch):
+    monkeypatch.delenv(conv_kernels.ALGO_ENV)
+    model = nn.Sequential(
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(32 * 8 * 8, 3),
+    )  # fmt: skip
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((1, 32, 16, 16), dtype=np.float32), np.array([1])
+    ours = cf.compile_train(model, (None, 32, 16, 16), backend="numba-cpu")
+    ref = cf.compile_train(model, (None, 32, 16, 16), backend="reference")
+    assert "conv algorithm: direct, fewer images than threads" in ours.source()
+    assert "conv algorithm: winograd" in ours.source()
+    for _ in range(2):
+        np.testing.assert_allclose(ours(x, y), ref(x, y), rtol=1e-4)
+    model.eval()
+    net = cf.compile(model, (None, 32, 16, 16), backend="numba-cpu")
+    assert "conv algorithm: direct, fewer images than threads" in net.source()
+    want = cf.compile(model, (None, 32, 16, 16), backend="reference", dtype="float64")(x.astype(np.float64))
+    np.testing.assert_allclose(net(x), want, rtol=1e-4, atol=1e-5)

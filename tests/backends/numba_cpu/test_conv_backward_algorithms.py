@@ -162,9 +162,9 @@ def test_cost_model(monkeypatch):
     monkeypatch.delenv(conv_kernels.ALGO_ENV, raising=False)
     weight, grad_input = _backward_nodes(32, 32, 32, padding=1)
     assert conv_kernels.weight_grad_algorithm(weight)[0] == "winograd"
-    # forward: direct on a 32x32 plane; the input gradient's conv takes Winograd
+    # the input gradient's conv takes Winograd, as a forward conv on that plane would
     as_conv = conv_kernels.gradient_as_conv(grad_input)
-    assert conv_kernels.conv_algorithm(as_conv)[0] == "direct"
+    assert conv_kernels.conv_algorithm(as_conv)[0] == "winograd"
     assert conv_kernels.conv_algorithm(as_conv, gradient=True)[0] == "winograd"
     # 4x4 tiles: too few for the weight gradient's GEMMs; 3 channels: too few for Winograd
     assert conv_kernels.weight_grad_algorithm(_backward_nodes(64, 128, 8, padding=1)[0])[0] == "im2col"

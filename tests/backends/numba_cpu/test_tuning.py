@@ -33,7 +33,7 @@ def wide_net() -> nn.Module:
 
 
 def algorithm_lines(net) -> list[str]:
-    # the image-split call's line (the channel-split branch for small batches is always im2col)
+    # the image-split call's line (the channel-split branch for small batches is not tuned)
     lines = net.source().splitlines()
     return [
         line.strip() for line in lines if "# conv algorithm:" in line and "split the channels" not in line

@@ -794,13 +794,19 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_MACS = 65536
 #: the cost model's direct-convolution thresholds (batch 64, 2 threads, docs/performance.md):
 #: up to 8 input channels the im2col GEMM is thin (1 -> 6 5x5: direct 0.12 ms, im2col 0.42;
-#: 3 -> 32 3x3 at 32x32: 0.66 and 1.33; 6 -> 16 5x5 at 14x14: 0.44 and 0.61), and a 3x3
-#: kernel on a plane of 32x32 outputs keeps the micro-kernel's loops long (32 -> 32: direct
-#: 4.4 ms, Winograd 8.1, im2col 10.4); on smaller planes Winograd and BLAS win (64 -> 64 at
-#: 16x16: direct 5.6, Winograd 5.5; 128 -> 128 at 8x8: 10.6 and 7.6; 32 -> 64 5x5 at 14x14:
-#: direct 11.0, im2col 10.2)
+#: 3 -> 32 3x3 at 32x32: 0.66 and 1.33; 6 -> 16 5x5 at 14x14: 0.44 and 0.61). A 3x3 kernel
+#: on a plane of 32x32 outputs keeps the micro-kernel's loops long, so direct beats im2col
+#: there (32 -> 32: 8.1 against 11.3 ms), but not the grouped Winograd (6.1 ms; 64 -> 64
+#: at 16x16: direct 7.8, Winograd 4.9): direct takes such planes only where the cost model
+#: rejects Winograd (fewer than 16 channels)
 DIRECT_MAX_CHANNELS = 8
 DIRECT_MIN_PLANE = 1024
+#: with fewer images than threads both split the output channels; from 16x16 outputs on
+#: direct's long rows win (batch 1, 2 threads: 32 -> 32 at 32x32 0.13 against im2col's
+#: 0.35 ms, 64 -> 64 at 16x16 0.14 against 0.27; 5x5 64 -> 192 at 27x27 3.7 against 3.9),
+#: on 13x13 and smaller im2col's GEMMs do (192 -> 384: 2.8 against 1.9; 128 -> 128 at 8x8:
+#: 0.30 against 0.21)
+DIRECT_SMALL_BATCH_MIN_PLANE = 256
 #: kernel size -> the fewest tiles on which the weight gradient takes Winograd (its GEMMs
 #: contract over the tiles of a plane). 3x3: from 8x8 tiles (16x16 outputs) on they won
 #: (batch 64, the fused batch-norm backward: 64 -> 64 at 16x16, 18.2 against 19.4 ms), at
@@ -846,23 +852,41 @@ def conv_algorithm(conv: Node, tune: bool = False, gradient: bool = False) -> tu
     o, c = conv.inputs[1].shape[:2]
     kh, kw = _kernel_size(conv)
     ho, wo = _plane(conv)
-    if "direct" in candidates and not gradient:
-        if c <= DIRECT_MAX_CHANNELS:
-            channels = f"{c} input channel{'s' if c > 1 else ''}"
-            return "direct", f"{channels}: im2col's GEMM would be thin (K = {c * kh * kw})"
-        if (kh, kw) == (3, 3) and ho * wo >= DIRECT_MIN_PLANE:
-            return "direct", f"3x3 on a {ho}x{wo} plane: at least {DIRECT_MIN_PLANE} outputs for direct"
-    if "winograd" not in candidates:
-        return "im2col", f"{c} -> {o} channels, {kh}x{kw} on {ho}x{wo}: im2col by the cost model"
-    th, tw = tile_counts(ho, wo, tile_size(kh))
+    direct = "direct" in candidates and not gradient
+    if direct and c <= DIRECT_MAX_CHANNELS:
+        channels = f"{c} input channel{'s' if c > 1 else ''}"
+        return "direct", f"{channels}: im2col's GEMM would be thin (K = {c * kh * kw})"
+    winograd_no = _winograd_rejection(conv) if "winograd" in candidates else ""
+    if "winograd" in candidates and not winograd_no:
+        th, tw = tile_counts(ho, wo, tile_size(kh))
+        return "winograd", f"{_winograd_name(kh)}, {c} -> {o} channels, {th}x{tw} tiles: {_winograd_gain(kh)}"
+    if direct and (kh, kw) == (3, 3) and ho * wo >= DIRECT_MIN_PLANE:
+        return "direct", f"3x3 on a {ho}x{wo} plane: at least {DIRECT_MIN_PLANE} outputs for direct"
+    return "im2col", winograd_no or f"{c} -> {o} channels, {kh}x{kw} on {ho}x{wo}: im2col by the cost model"
+
+
+def _winograd_rejection(conv: Node) -> str:
+    """Why the cost model does not take Winograd for an eligible ``conv`` ('' when it does)."""
+    o, c = conv.inputs[1].shape[:2]
+    kh, _kw = _kernel_size(conv)
+    th, tw = tile_counts(*_plane(conv), tile_size(kh))
     if min(c, o) < WINOGRAD_MIN_CHANNELS:
-        return "im2col", f"{c} -> {o} channels: fewer than {WINOGRAD_MIN_CHANNELS} for winograd"
+        return f"{c} -> {o} channels: fewer than {WINOGRAD_MIN_CHANNELS} for winograd"
     if o * c * th * tw < WINOGRAD_MIN_MACS:
-        return (
-            "im2col",
-            f"{o}x{c}x{th * tw} per-tile GEMMs: below {WINOGRAD_MIN_MACS} multiply-adds for winograd",
-        )
-    return "winograd", f"{_winograd_name(kh)}, {c} -> {o} channels, {th}x{tw} tiles: {_winograd_gain(kh)}"
+        return f"{o}x{c}x{th * tw} per-tile GEMMs: below {WINOGRAD_MIN_MACS} multiply-adds for winograd"
+    return ""
+
+
+def small_batch_algorithm(conv: Node) -> tuple[str, str]:
+    """(algorithm, why) for a groups-1 forward ``conv`` on fewer images than threads, where
+    both ``direct`` and ``im2col`` split the output channels over the threads: direct where
+    it applies to a plane of at least ``DIRECT_SMALL_BATCH_MIN_PLANE`` outputs, unless
+    ``$CONVFORGE_CONV_ALGO`` names another algorithm."""
+    ho, wo = _plane(conv)
+    if ho * wo >= DIRECT_SMALL_BATCH_MIN_PLANE and not _direct_blocker(conv):
+        if _algorithm_choice(conv) in ("auto", "direct"):
+            return "direct", f"a {ho}x{wo} plane: at least {DIRECT_SMALL_BATCH_MIN_PLANE} outputs"
+    return "im2col", ""
 
 
 def _winograd_name(r: int) -> str:
@@ -1113,12 +1137,24 @@ def emit_forward(
         ctx.line(k + args)
         return
     # a batch smaller than the thread count would leave threads idle in the image split
-    small = ctx.generated(
-        forward_key(acts, bn is not None, pool_kind, "im2col-channels"),
-        forward_source(acts, bn is not None, pool_kind, "im2col", split="channels"),
-        pattern + " [channel split]",
+    small_algorithm, small_why = small_batch_algorithm(conv)
+    if small_algorithm == "direct":
+        small = ctx.generated(
+            forward_key(acts, bn is not None, pool_kind, forward_variant("direct", kw)),
+            forward_source(acts, bn is not None, pool_kind, "direct", kw=kw),
+            pattern,
+        )
+    else:
+        small = ctx.generated(
+            forward_key(acts, bn is not None, pool_kind, "im2col-channels"),
+            forward_source(acts, bn is not None, pool_kind, "im2col", split="channels"),
+            pattern + " [channel split]",
+        )
+    small_why = f" ({small_why})" if small_why else ""
+    ctx.line(
+        f"if {n} < T:  # conv algorithm: {small_algorithm}, fewer images than threads: "
+        f"they split the channels{small_why}"
     )
-    ctx.line(f"if {n} < T:  # conv algorithm: im2col, fewer images than threads: they split the channels")
     ctx.line(f"    {small}{args}")
     ctx.line(f"else:  # conv algorithm: {algorithm} ({why})")
     ctx.line(f"    {k}{args}")
