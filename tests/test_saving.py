@@ -206,6 +206,9 @@ from convforge import fileio, serialization
 from convforge.cli import main
 
 out, when = sys.argv[1], sys.argv[2]
+# a shell without job control starts background jobs with SIGINT ignored, and Python then
+# installs no KeyboardInterrupt handler: the run under test must get one either way
+signal.signal(signal.SIGINT, signal.default_int_handler)
 calls = {"npz": 0, "fsync": 0}
 real_npz, real_fsync = serialization._write_npz, fileio._fsync_folder
 
