@@ -883,10 +883,14 @@ def small_batch_algorithm(conv: Node) -> tuple[str, str]:
     it applies to a plane of at least ``DIRECT_SMALL_BATCH_MIN_PLANE`` outputs, unless
     ``$CONVFORGE_CONV_ALGO`` names another algorithm."""
     ho, wo = _plane(conv)
-    if ho * wo >= DIRECT_SMALL_BATCH_MIN_PLANE and not _direct_blocker(conv):
-        if _algorithm_choice(conv) in ("auto", "direct"):
-            return "direct", f"a {ho}x{wo} plane: at least {DIRECT_SMALL_BATCH_MIN_PLANE} outputs"
-    return "im2col", ""
+    choice = _algorithm_choice(conv)
+    if choice not in ("auto", "direct"):
+        return "im2col", f"{ALGO_ENV}={choice}"
+    if blocker := _direct_blocker(conv):
+        return "im2col", blocker
+    if ho * wo < DIRECT_SMALL_BATCH_MIN_PLANE:
+        return "im2col", f"a {ho}x{wo} plane: below {DIRECT_SMALL_BATCH_MIN_PLANE} outputs for direct"
+    return "direct", f"a {ho}x{wo} plane: at least {DIRECT_SMALL_BATCH_MIN_PLANE} outputs"
 
 
 def _winograd_name(r: int) -> str:
@@ -1099,15 +1103,18 @@ def emit_forward(
         pool_kind = "avg" if pool.op == "avg_pool2d" else "max"
     algorithm, why = conv_algorithm(conv, tune=bool(ctx.graph.meta.get("tune")))
     kw = conv.inputs[1].shape[-1]
-    key = forward_key(acts, bn is not None, pool_kind, forward_variant(algorithm, kw))
-    src = forward_source(acts, bn is not None, pool_kind, algorithm, kw=kw)
     # one file for max_pool2d and max_pool2d_argmax: the kernel writes the argmax when given a buffer
     pool_name = {"max_pool2d": "max_pool2d(+argmax)", "max_pool2d_argmax": "max_pool2d(+argmax)"}
     pattern = " -> ".join(
         [conv.op, *(["batch_norm"] if bn else []), *(op for op, _ in acts)]
         + ([pool_name.get(pool.op, pool.op)] if pool is not None else [])
     )
-    k = ctx.generated(key, src, pattern)
+
+    def image_split_kernel(name: str) -> str:
+        key = forward_key(acts, bn is not None, pool_kind, forward_variant(name, kw))
+        return ctx.generated(key, forward_source(acts, bn is not None, pool_kind, name, kw=kw), pattern)
+
+    k = image_split_kernel(algorithm)
     xin, win = conv.inputs[0], conv.inputs[1]
     x4 = as4d(ctx, xin, x)
     w4 = as4d(ctx, win, w)
@@ -1138,22 +1145,17 @@ def emit_forward(
         return
     # a batch smaller than the thread count would leave threads idle in the image split
     small_algorithm, small_why = small_batch_algorithm(conv)
-    if small_algorithm == "direct":
-        small = ctx.generated(
-            forward_key(acts, bn is not None, pool_kind, forward_variant("direct", kw)),
-            forward_source(acts, bn is not None, pool_kind, "direct", kw=kw),
-            pattern,
-        )
+    if small_algorithm == "direct":  # the direct kernel splits the channels itself
+        small = image_split_kernel("direct")
     else:
         small = ctx.generated(
             forward_key(acts, bn is not None, pool_kind, "im2col-channels"),
             forward_source(acts, bn is not None, pool_kind, "im2col", split="channels"),
             pattern + " [channel split]",
         )
-    small_why = f" ({small_why})" if small_why else ""
     ctx.line(
         f"if {n} < T:  # conv algorithm: {small_algorithm}, fewer images than threads: "
-        f"they split the channels{small_why}"
+        f"they split the channels ({small_why})"
     )
     ctx.line(f"    {small}{args}")
     ctx.line(f"else:  # conv algorithm: {algorithm} ({why})")
